@@ -1,0 +1,85 @@
+"""The `sage` command: groups of subcommands, each a thin wrapper over a module.
+
+Heavy libraries (torch, transformers, numpy, PIL) are imported inside the commands so that
+`sage --help` answers at once. A SageError anywhere becomes one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sage_cli.commands import data_ls, data_synth, env as env_cmd, pending, recipes as recipes_cmd
+
+app = typer.Typer(
+    name="sage",
+    help="SAGE for industrial inspection: facts, preference data, training, inference and benchmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _group(name: str, help: str) -> typer.Typer:
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+facts_app = _group("facts", "Fact sentences about each image from a VLM (local or OpenAI-compatible), cached.")
+prefs_app = _group("prefs", "Preference data (AD-PL style): QA groups with four ranked answers per question.")
+score_app = _group("score", "MLE scores from an LLM judge and entropy-based pair selection for E-DPO.")
+train_app = _group("train", "The two training stages: SFE (stage 1) and E-DPO (stage 2).")
+bench_app = _group("bench", "The paper's metrics (accuracy per level, Acc-G, SBERT, MLE) on QA benchmarks.")
+data_app = _group("data", "Inspect dataset roots and make synthetic defects.")
+recipes_app = _group("recipes", "Find, read, copy and validate YAML recipes.")
+
+data_app.command("ls")(data_ls.ls)
+data_app.command("synth")(data_synth.synth)
+
+recipes_app.command("ls")(recipes_cmd.ls)
+recipes_app.command("show")(recipes_cmd.show)
+recipes_app.command("validate")(recipes_cmd.validate)
+recipes_app.command("cp")(recipes_cmd.cp)
+
+app.command("env")(env_cmd.env)
+
+# Commands whose work lands with later issues: they resolve their recipe (so --print-config works)
+# and then exit non-zero with one line saying so. No fake output.
+facts_app.command("extract")(pending.facts_extract)
+prefs_app.command("build")(pending.prefs_build)
+score_app.command("mle")(pending.score_mle)
+train_app.command("sfe")(pending.train_sfe)
+train_app.command("edpo")(pending.train_edpo)
+app.command("infer")(pending.infer)
+for _fmt in pending.BENCH_FORMATS:
+    bench_app.command(_fmt)(pending.bench_command(_fmt))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv` and return the exit code (tests call this; `main` exits with it)."""
+    from sage_cli.errors import SageError
+
+    try:
+        rc = app(args=argv, prog_name="sage", standalone_mode=False)
+    except SageError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as e:
+        # Usage errors (click's ClickException, vendored by newer typer): print usage + message.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return e.exit_code
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,320 @@
+"""Recipes: typed YAML configs, `key.sub=value` overrides, and did-you-mean validation.
+
+A recipe is a YAML file whose top-level `kind` picks its schema (a dataclass below). Unknown keys,
+wrong types and bad choices fail with one line naming the key; a close spelling is suggested.
+Recipes are found by path, or by name under the recipe directory (`sfe/sage-smol`, or `sage-smol`
+for a command that knows its kind).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sage_cli.errors import SageError
+
+# ---------------------------------------------------------------------------------------------
+# Schemas. Defaults are the embedded CPU-friendly settings; the paper's large-backbone settings
+# live in the recipes for those backbones.
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "sage-smol"  # a registered name, a local path or a hub name (loaded offline)
+    checkpoint: str | None = None  # a sage checkpoint directory to start from
+    facts_mode: Literal["fe", "hard", "none"] = "fe"  # Fact[FE] fusion, Fact[Hard] plain text, or no facts
+    num_facts: int = 8  # L_F: fact sentences used per image
+    k_patches: int = 16  # K in Eq. 1
+    fusion_heads: int = 4
+    fusion_values: Literal["test", "diff", "test+sim"] = "test"  # "test" is the paper's Eq. 2
+    image_size: int | None = None  # None = the backbone's native size
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # False = full fine-tuning of the LLM
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # dataset root the records' image paths are relative to
+    train: str | None = None  # QA groups (sfe) or preference pairs (edpo), JSON Lines
+    val: str | None = None
+    facts: str | None = None  # facts JSON Lines from `sage facts extract`
+    shots: Literal[0, 1] = 1  # 0 = zero-shot (no reference image)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    output_dir: str = "runs"
+    log_every: int = 10
+    save_every: int | None = None
+
+
+@dataclass
+class EDPOConfig:
+    beta: float = 0.1
+    eta: float = 0.5  # weight of the entropy term; 0 with one pair per question = plain DPO
+    pairs: Literal["both", "min", "max"] = "both"  # which ΔH pairs of each question to train on
+
+
+@dataclass
+class EndpointConfig:
+    base_url: str | None = None  # an OpenAI-compatible `/v1` URL; None = the local backbone
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from a file
+    timeout: float = 60.0
+    max_retries: int = 3
+    concurrency: int = 4
+
+
+@dataclass
+class SFERecipe:
+    kind: Literal["sfe"] = "sfe"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class EDPORecipe:
+    kind: Literal["edpo"] = "edpo"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    edpo: EDPOConfig = field(default_factory=EDPOConfig)
+
+
+@dataclass
+class FactsRecipe:
+    kind: Literal["facts"] = "facts"
+    description: str = ""
+    backbone: str = "sage-smol"  # used when endpoint.base_url is not set
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    batch_size: int = 4
+
+
+SCHEMAS: dict[str, type] = {"sfe": SFERecipe, "edpo": EDPORecipe, "facts": FactsRecipe}
+
+# ---------------------------------------------------------------------------------------------
+# Finding recipes
+
+
+def recipe_dirs() -> list[Path]:
+    """Where named recipes live: $SAGE_RECIPES, the repository's recipes/, the installed copy."""
+    here = Path(__file__).resolve().parent
+    dirs = []
+    if os.environ.get("SAGE_RECIPES"):
+        dirs.append(Path(os.environ["SAGE_RECIPES"]))
+    dirs += [here.parent / "recipes", here / "recipes"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_recipes() -> dict[str, Path]:
+    """Every named recipe: {"sfe/sage-smol": path, ...}; earlier directories win."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for p in sorted(d.rglob("*.yaml")):
+            name = p.relative_to(d).with_suffix("").as_posix()
+            found.setdefault(name, p)
+    return found
+
+
+def find_recipe(name_or_path: str, kind: str | None = None) -> Path:
+    """A recipe file from a path or a name; `kind` lets `sage-smol` mean `sfe/sage-smol`."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SageError(f"{p}: recipe file not found")
+        return p
+    known = list_recipes()
+    for key in ([f"{kind}/{name_or_path}"] if kind else []) + [name_or_path]:
+        if key in known:
+            return known[key]
+    names = [n for n in known if kind is None or n.startswith(f"{kind}/")]
+    short = [n.split("/", 1)[-1] for n in names] if kind else names
+    raise SageError(f"no recipe named {name_or_path!r}{_hint(name_or_path, short)} (see `sage recipes ls`)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SageError(f"{path}: not valid YAML{where}") from None
+    except OSError as e:
+        raise SageError(f"{path}: cannot read recipe ({e.strerror})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SageError(f"{path}: a recipe must be a mapping of keys to values")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=2e-6` -> (["train", "lr"], 2e-6); values are parsed as YAML scalars/lists."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SageError(f"override {text!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of `data` with each `key.sub=value` set (validation happens in `build`)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise SageError(f"override {text!r}: {k} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def build(schema: type, data: dict, where: str = "") -> Any:
+    """Instantiate `schema` from a nested dict, checking every key, type and choice."""
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}{key}"
+        if key not in names:
+            raise SageError(f"unknown key {path!r}{_hint(key, names, prefix=where)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return schema(**kwargs)
+
+
+def load_recipe(name_or_path: str, kind: str | None = None, overrides: list[str] | None = None) -> Any:
+    """Find, read, override and validate a recipe; returns the schema instance."""
+    path = find_recipe(name_or_path, kind)
+    data = apply_overrides(load_yaml(path), overrides or [])
+    rkind = data.get("kind", kind)
+    if rkind not in SCHEMAS:
+        raise SageError(f"{path}: 'kind' must be one of {', '.join(SCHEMAS)}, got {rkind!r}")
+    if kind is not None and rkind != kind:
+        raise SageError(f"{path}: this recipe is of kind {rkind!r}; this command needs kind {kind!r}")
+    try:
+        return build(SCHEMAS[rkind], data)
+    except SageError as e:
+        raise SageError(f"{path}: {e}") from None
+
+
+def to_dict(recipe: Any) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def to_yaml(recipe: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _hint(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is looser (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except SageError as e:
+                errors.append(str(e))
+        raise SageError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        shown = ", ".join(repr(a) for a in args)
+        hint = _hint(str(value), [str(a) for a in args]) if isinstance(value, str) else ""
+        raise SageError(f"{path} must be one of {shown}, got {value!r}{hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise SageError(f"{path} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SageError(f"{path} must be a section (a mapping), got {value!r}")
+        return build(tp, value, where=f"{path}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SageError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SageError(f"{path} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 2e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SageError(f"{path} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise SageError(f"{path} must be a string, got {value!r}")
+    raise SageError(f"{path}: unsupported type {tp!r}")  # a schema bug, not user input

@@ -1,0 +1,1 @@
+"""Datasets: typed records, the readers for each layout, masks, and synthetic defects."""
