@@ -1,0 +1,218 @@
+"""QA groups as JSON Lines (``format: sage-qa/1``): the file that passes between ``sage`` commands.
+
+One QAGroup per line (records.QAGroup.to_json / from_json; fields in SPEC.md), UTF-8. Image paths are
+relative to a dataset root: by default the folder holding the file. Files are written atomically
+(temporary file in the same folder, then ``os.replace``), or appended to, one complete line per
+record, so an interrupted run can resume by skipping ``existing_ids``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from sage_cli.data._common import checked_rel, verify_image
+from sage_cli.data.problems import Problems
+from sage_cli.data.records import QA_FORMAT, QAGroup
+from sage_cli.errors import SageError
+
+SUFFIX = ".jsonl"
+
+
+def _line(group: QAGroup | dict) -> str:
+    d = group.to_json() if isinstance(group, QAGroup) else {"format": QA_FORMAT, **group}
+    return json.dumps(d, ensure_ascii=False) + "\n"
+
+
+def _first_record(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    return d if isinstance(d, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return None
+
+
+def is_qa_file(path: Path) -> bool:
+    """A ``.jsonl`` file whose first record says ``format: sage-qa/...``."""
+    path = Path(path)
+    if path.suffix != SUFFIX or not path.is_file():
+        return False
+    d = _first_record(path)
+    return d is not None and str(d.get("format", "")).startswith("sage-qa/")
+
+
+def qa_files(root: Path) -> list[Path]:
+    """The QA-group files directly in ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [p for p in sorted(root.glob(f"*{SUFFIX}")) if is_qa_file(p)]
+
+
+def read_qa_jsonl(
+    path: Path | str,
+    problems: Problems | None = None,
+    *,
+    root: Path | str | None = None,
+    check_images: bool = False,
+) -> Iterator[QAGroup]:
+    """The QA groups of one file, ``root`` set (default: the file's folder).
+
+    A line that is not JSON (e.g. torn by an interrupted write), has another format, misses a field,
+    or has an image path that escapes the root or names no file is reported to ``problems``
+    (None = strict) and skipped.
+    """
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    problems = problems if problems is not None else Problems(strict=True)
+    try:
+        name = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        name = str(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise SageError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        n = 0
+        while True:
+            n += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                problems.report(name, f"line {n} and after: not UTF-8 text")
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            group = _parse(line, root, problems, f"{name} line {n}", check_images)
+            if group is not None:
+                yield group
+
+
+def _parse(line: str, root: Path, problems: Problems, where: str, check: bool) -> QAGroup | None:
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        problems.report(where, f"not valid JSON ({e.msg}, column {e.colno})")
+        return None
+    if not isinstance(d, dict):
+        problems.report(where, f"record is not a JSON object ({type(d).__name__})")
+        return None
+    if d.get("id") is not None:
+        where = f"{where} (id {str(d['id'])!r})"
+    fmt = d.get("format")
+    if fmt is not None and fmt != QA_FORMAT:
+        problems.report(where, f"format {fmt!r} is not {QA_FORMAT}; this sage reads {QA_FORMAT} only")
+        return None
+    try:
+        group = QAGroup.from_json(d, root=root)
+    except KeyError as e:
+        problems.report(where, f"missing field {e.args[0]!r}")
+        return None
+    except (TypeError, ValueError, AttributeError) as e:
+        problems.report(where, f"malformed record ({e})")
+        return None
+    test = checked_rel(root, group.test_image, problems, where, "test image")
+    if test is None:
+        return None
+    group.test_image = test
+    if group.reference_image is not None:
+        ref = checked_rel(root, group.reference_image, problems, where, "reference image")
+        if ref is None:
+            return None
+        group.reference_image = ref
+    if group.defect is not None and group.defect.mask:
+        if checked_rel(root, group.defect.mask, problems, where, "mask") is None:
+            return None
+    if check:
+        for rel in (group.test_image, group.reference_image):
+            if rel is not None and verify_image(root, rel, problems) is None:
+                return None
+    return group
+
+
+def read_qa_dir(root: Path | str, problems: Problems | None = None, *, check_images: bool = False) -> Iterator[QAGroup]:
+    """The QA groups of every sage-qa ``.jsonl`` file directly in ``root`` (paths relative to root)."""
+    root = Path(root)
+    for p in qa_files(root):
+        yield from read_qa_jsonl(p, problems, root=root, check_images=check_images)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
+    """Write ``groups`` to ``path`` atomically (all or nothing); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for g in groups:
+                f.write(_line(g))
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return n
+
+
+def append_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
+    """Append ``groups`` to ``path`` (created if missing), one flushed line each; returns the count.
+
+    If the file ends in a torn line (an earlier run was killed mid-write), a newline is added first so
+    the torn line stays one bad line instead of swallowing the next record.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    f.write(b"\n")
+        for g in groups:
+            f.write(_line(g).encode("utf-8"))
+            f.flush()
+            n += 1
+        os.fsync(f.fileno())
+    return n
+
+
+def existing_ids(path: Path | str) -> set[str]:
+    """Ids of the readable records already in ``path`` (empty if it does not exist): what to skip on resume."""
+    path = Path(path)
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(d, dict) and d.get("id") is not None:
+                ids.add(str(d["id"]))
+    return ids
