@@ -1,0 +1,102 @@
+"""Fusion Attention (Eq. 2) and the fact projection head (Eq. 9).
+
+Queries are the pooled fact embeddings t^g [B, L, C]. With a reference image (one-shot) the keys
+are the difference features v_t[i] - v_r[nn(i)] of the K comparison patches and the values are
+their test features v_t[i] (the paper's variant, `values="test"`). Because test features alone
+carry *where* the test differs but not *how much*, two documented switches also carry the
+dissimilarity into the values: `"diff"` (values = difference features) and `"test+sim"` (test
+features with 1 - s_i appended). Zero-shot: keys = values = all test patches, as the paper says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sage_cli.models.comparison import gather_patches, least_similar, nearest_similarity
+
+VALUE_MODES = ("test", "diff", "test+sim")
+
+
+@dataclass
+class Comparison:
+    """What Eq. 1 found: kept for the anomaly map, the heatmap and the tests."""
+
+    s: torch.Tensor | None  # [B, P] nearest-reference similarity; None zero-shot
+    idx: torch.Tensor | None  # [B, K] selected test patches, most anomalous first; None zero-shot
+
+
+class FusionAttention(nn.Module):
+    """Multi-head cross-attention from fact queries to comparison patches: t^s = softmax(QK^T/√d)V."""
+
+    def __init__(self, dim: int, heads: int = 4, k_patches: int = 16, values: str = "test"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} fusion heads")
+        if values not in VALUE_MODES:
+            raise ValueError(f"fusion values must be one of {VALUE_MODES}, got {values!r}")
+        self.heads, self.k_patches, self.values = heads, k_patches, values
+        self.w_q = nn.Linear(dim, dim, bias=False)
+        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.w_v = nn.Linear(dim + (values == "test+sim"), dim, bias=False)
+
+    def forward(
+        self, t_g: torch.Tensor, v_t: torch.Tensor, v_r: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Comparison]:
+        """t_g [B, L, C] facts, v_t [B, P, C] test patches, v_r [B, R, C] reference or None.
+
+        Returns t^s [B, L, C] and the comparison. Facts are independent queries, so a padded fact
+        slot changes no other slot's output (the caller masks padded slots in the LLM).
+        """
+        if v_r is None:
+            keys = values = v_t  # [B, P, C]
+            cmp = Comparison(None, None)
+            if self.values == "test+sim":
+                values = torch.cat([v_t, v_t.new_zeros(*v_t.shape[:2], 1)], dim=-1)
+        else:
+            s, nn_idx = nearest_similarity(v_t, v_r)  # [B, P], [B, P]
+            idx = least_similar(s, self.k_patches)  # [B, K]
+            test_k = gather_patches(v_t, idx)  # [B, K, C]
+            ref_k = gather_patches(v_r, torch.gather(nn_idx, 1, idx))  # [B, K, C] nearest reference patches
+            keys = test_k - ref_k
+            if self.values == "test":
+                values = test_k
+            elif self.values == "diff":
+                values = keys
+            else:
+                dissim = (1.0 - torch.gather(s, 1, idx)).unsqueeze(-1).to(v_t.dtype)  # [B, K, 1]
+                values = torch.cat([test_k, dissim], dim=-1)
+            cmp = Comparison(s, idx)
+        return self._attend(t_g, keys, values), cmp
+
+    def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+        b, l, c = q_in.shape
+        h, d = self.heads, c // self.heads
+        q = self.w_q(q_in).view(b, l, h, d).transpose(1, 2)  # [B, h, L, d]
+        k = self.w_k(k_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
+        v = self.w_v(v_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [B, h, L, d]
+        return out.transpose(1, 2).reshape(b, l, c)  # heads stacked back: [B, L, C]
+
+
+class FactProjector(nn.Module):
+    """φ_Proj of Eq. 9 for the fused fact tokens: LayerNorm + Linear into the LLM's input space."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, t_s: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, L, C]
+        return self.proj(self.norm(t_s))
+
+
+def pool_fact_embeddings(token_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each fact sentence's token embeddings over its real tokens, never its padding.
+
+    token_embeds [N, T, C] (the LLM's input embedding of N sentences), attention_mask [N, T] -> [N, C].
+    """
+    m = attention_mask.unsqueeze(-1).to(token_embeds.dtype)  # [N, T, 1]
+    return (token_embeds * m).sum(1) / m.sum(1).clamp(min=1.0)
