@@ -1,0 +1,177 @@
+"""SageModel: SAGE on top of any Backbone (SPEC.md steps 1-5).
+
+The LLM sees one chat turn laid out as
+
+    [system] Reference image (normal): <ref patches>   (one-shot only)
+             Test image: <test patches>
+             <L_F fused fact tokens>  Above is the feature related to the anomaly facts.
+             <question>               [assistant] <answer>
+
+The fact tokens are t^s = φ_FA(t^g, v_t, v_d) (Eq. 2) after φ_Proj (Eq. 9). `facts_mode="hard"`
+writes the facts into the prompt as text instead (the paper's Fact[Hard]); `"none"` drops them.
+Placeholders in the rendered chat template mark where embeddings are spliced in, so every
+backbone keeps its own template. Position ids run on without repeats (the LLM derives them from
+the attention mask).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sage_cli.models.backbone import Backbone
+from sage_cli.models.comparison import nearest_similarity
+from sage_cli.models.fusion import Comparison, FactProjector, FusionAttention, pool_fact_embeddings
+
+REF, TEST, FACTS = "<sage:reference>", "<sage:test>", "<sage:facts>"
+_SLOTS = re.compile(f"({re.escape(REF)}|{re.escape(TEST)}|{re.escape(FACTS)})")
+FACT_PROMPT = "Above is the feature related to the anomaly facts."  # the paper's auxiliary prompt
+SYSTEM = ("You are an industrial inspection expert. Compare the test image with the normal reference, "
+          "answer the question, then explain where the defect is, why it matters and what it breaks.")
+IGNORE = -100  # label of tokens the loss skips
+
+
+@dataclass
+class SageBatch:
+    inputs_embeds: torch.Tensor  # [B, T, C]
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor | None  # [B, T], IGNORE outside the answers
+    comparison: Comparison  # Eq. 1 per sample (s [B, P] is None zero-shot)
+
+
+class SageModel(nn.Module):
+    def __init__(self, backbone: Backbone, facts_mode: str = "fe", num_facts: int = 8, k_patches: int = 16,
+                 fusion_heads: int = 4, fusion_values: str = "test"):
+        super().__init__()
+        if facts_mode not in ("fe", "hard", "none"):
+            raise ValueError(f"facts_mode must be fe, hard or none, got {facts_mode!r}")
+        self.backbone = backbone
+        self.facts_mode, self.num_facts = facts_mode, num_facts
+        c = backbone.hidden_size
+        self.fusion = FusionAttention(c, fusion_heads, k_patches, fusion_values)
+        self.projector = FactProjector(c)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.proj.weight.device
+
+    # ---- text ------------------------------------------------------------------------------
+
+    def prompt(self, question: str, has_reference: bool, facts: list[str]) -> str:
+        """The rendered chat prompt with placeholders where image and fact embeddings go."""
+        user = f"Reference image (normal): {REF}\n" if has_reference else ""
+        user += f"Test image: {TEST}\n"
+        if facts and self.facts_mode == "fe":
+            user += f"{FACTS}\n{FACT_PROMPT}\n"
+        elif facts and self.facts_mode == "hard":
+            user += "Facts: " + " ".join(facts) + "\n"
+        user += question.strip()
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        return self.backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def fact_embeddings(self, facts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """t^g [B, L, C] (mean over each sentence's real tokens) and the fact-slot mask [B, L]."""
+        tok = self.backbone.tokenizer
+        b, l = len(facts), max(1, max(len(f) for f in facts))
+        c = self.backbone.hidden_size
+        t_g = torch.zeros(b, l, c, device=self.device)
+        mask = torch.zeros(b, l, dtype=torch.bool, device=self.device)
+        flat = [(i, j, s) for i, fs in enumerate(facts) for j, s in enumerate(fs)]
+        if flat:
+            enc = tok([s for _, _, s in flat], return_tensors="pt", padding=True, add_special_tokens=False)
+            ids, am = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+            pooled = pool_fact_embeddings(self.backbone.embed_tokens(ids), am)  # [N, C]
+            rows = torch.tensor([i for i, _, _ in flat], device=self.device)
+            cols = torch.tensor([j for _, j, _ in flat], device=self.device)
+            t_g = t_g.to(pooled.dtype).index_put((rows, cols), pooled)
+            mask[rows, cols] = True
+        return t_g, mask
+
+    # ---- the batch the LLM sees -----------------------------------------------------------
+
+    def build(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None, questions: list[str],
+              facts: list[list[str]] | None = None, answers: list[str] | None = None,
+              padding_side: str = "right") -> SageBatch:
+        """Embed a batch: images [B, 3, H, W] (ref None = zero-shot), one question per sample.
+
+        With `answers`, labels mark the answer tokens (training); without, the prompt ends where the
+        assistant starts (generation; use padding_side="left").
+        """
+        b = test_pixels.shape[0]
+        facts = [list(f[: self.num_facts]) for f in (facts or [[] for _ in range(b)])]
+        v_t = self.backbone.encode_images(test_pixels.to(self.device))  # [B, P, C]
+        v_r = self.backbone.encode_images(ref_pixels.to(self.device)) if ref_pixels is not None else None
+
+        fact_tokens = fact_mask = None
+        if self.facts_mode == "fe" and any(facts):
+            t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
+            t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, v_r)  # [B, L, C]
+            fact_tokens = self.projector(t_s)
+        elif v_r is not None:
+            s, _ = nearest_similarity(v_t, v_r)  # the anomaly map is shown whatever the facts mode
+            cmp = Comparison(s, None)
+        else:
+            cmp = Comparison(None, None)
+
+        tok = self.backbone.tokenizer
+        seqs, labs = [], []
+        for i in range(b):
+            text = self.prompt(questions[i], v_r is not None, facts[i])
+            pieces, labels = [], []
+            for part in _SLOTS.split(text):
+                if part == REF:
+                    pieces.append(v_r[i])
+                elif part == TEST:
+                    pieces.append(v_t[i])
+                elif part == FACTS:
+                    pieces.append(fact_tokens[i][fact_mask[i]])  # real facts only: [L_i, C]
+                elif part:
+                    ids = tok(part, add_special_tokens=False, return_tensors="pt")["input_ids"][0].to(self.device)
+                    pieces.append(self.backbone.embed_tokens(ids))
+                    labels.append(torch.full_like(ids, IGNORE))
+                    continue
+                else:
+                    continue
+                labels.append(torch.full((pieces[-1].shape[0],), IGNORE, dtype=torch.long, device=self.device))
+            if answers is not None:
+                ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,
+                          return_tensors="pt")["input_ids"][0].to(self.device)
+                pieces.append(self.backbone.embed_tokens(ids))
+                labels.append(ids)
+            seqs.append(torch.cat([p.to(v_t.dtype) for p in pieces]))  # [T_i, C]
+            labs.append(torch.cat(labels))
+        return _pad(seqs, labs if answers is not None else None, padding_side, cmp)
+
+    # ---- training and inference -----------------------------------------------------------
+
+    def forward(self, batch: SageBatch):
+        """The LLM on a built batch; returns the HF output (loss = CE on answer tokens, Eq. 8)."""
+        return self.backbone.language_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                            labels=batch.labels)
+
+    @torch.no_grad()
+    def generate(self, batch: SageBatch, max_new_tokens: int = 128, **kwargs) -> list[str]:
+        lm, tok = self.backbone.language_model, self.backbone.tokenizer
+        out = lm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id, **kwargs)
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+def _pad(seqs: list[torch.Tensor], labs: list[torch.Tensor] | None, side: str, cmp: Comparison) -> SageBatch:
+    """Stack variable-length sequences [T_i, C] into [B, T, C] with a mask (and labels)."""
+    t = max(s.shape[0] for s in seqs)
+    b, c = len(seqs), seqs[0].shape[1]
+    embeds = seqs[0].new_zeros(b, t, c)
+    mask = torch.zeros(b, t, dtype=torch.long, device=seqs[0].device)
+    labels = torch.full((b, t), IGNORE, dtype=torch.long, device=seqs[0].device) if labs is not None else None
+    for i, s in enumerate(seqs):
+        n = s.shape[0]
+        span = slice(t - n, t) if side == "left" else slice(0, n)
+        embeds[i, span], mask[i, span] = s, 1
+        if labels is not None:
+            labels[i, span] = labs[i]
+    return SageBatch(embeds, mask, labels, cmp)

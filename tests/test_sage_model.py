@@ -1,0 +1,90 @@
+"""SageModel on a tiny random backbone: layout, masking, labels, zero/one-shot, generation."""
+
+import pytest
+import torch
+from PIL import Image
+
+from sage_cli.models.sage import IGNORE, SageModel
+from tiny_models import tiny_composed
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SageModel(tiny_composed(), k_patches=2, fusion_heads=4).eval()
+
+
+def test_adapter_grid_and_patch_embeddings(model):
+    bb = model.backbone
+    x = bb.preprocess(_images(2, 0))
+    assert x.shape == (2, 3, 56, 56)
+    assert bb.vision_features(x).shape == (2, 16, 32)  # 4x4 DINOv2 patches, CLS dropped
+    assert bb.encode_images(x).shape == (2, 4, 64) and bb.patch_grid == (2, 2)  # 2x2 shuffle
+
+
+def test_one_shot_sequence_holds_both_images_and_the_facts(model):
+    bb = model.backbone
+    t, r = bb.preprocess(_images(2, 0)), bb.preprocess(_images(2, 1))
+    facts = [["hazelnuts crack.", "shells are brown."], ["one fact."]]
+    one = model.build(t, r, ["Is there a defect?"] * 2, facts)
+    zero = model.build(t, None, ["Is there a defect?"] * 2, facts)
+    none = SageModel(bb, facts_mode="none", k_patches=2).build(t, r, ["Is there a defect?"] * 2, facts)
+    lens = one.attention_mask.sum(1)
+    # sample 0 has one more fact token than sample 1 (sentence lengths do not matter: one token each)
+    assert lens[0] - lens[1] == 1
+    assert (one.attention_mask.sum(1) - zero.attention_mask.sum(1)).tolist() == [4 + len("Reference image (normal): \n")] * 2
+    assert (one.attention_mask.sum(1) - none.attention_mask.sum(1)).min() > 0
+    assert one.comparison.s.shape == (2, 4) and one.comparison.idx.shape == (2, 2)
+    assert zero.comparison.s is None
+
+
+def test_labels_cover_exactly_the_answer(model):
+    bb = model.backbone
+    t, r = bb.preprocess(_images(2, 0)), bb.preprocess(_images(2, 1))
+    answers = ["Yes, a crack.", "No."]
+    batch = model.build(t, r, ["Q?", "Q?"], [["f."], ["g."]], answers=answers)
+    for i, a in enumerate(answers):
+        lab = batch.labels[i][batch.labels[i] != IGNORE]
+        assert bb.tokenizer.decode(lab) == a + "<|im_end|>"
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+
+
+def test_left_padding_gives_the_same_last_logits_as_alone(model):
+    bb = model.backbone
+    t, r = bb.preprocess(_images(2, 0)), bb.preprocess(_images(2, 1))
+    facts = [["a much longer fact sentence.", "b."], ["c."]]
+    both = model.build(t, r, ["Is it bad?", "Q?"], facts, padding_side="left")
+    alone = model.build(t[1:], r[1:], ["Q?"], facts[1:], padding_side="left")
+    with torch.no_grad():
+        lb = model(both).logits[1, -1]
+        la = model(alone).logits[0, -1]
+    assert torch.allclose(lb, la, atol=1e-4)
+
+
+def test_fused_tokens_change_with_the_reference_not_with_padding(model):
+    bb = model.backbone
+    t = bb.preprocess(_images(1, 0))
+    a = model.build(t, bb.preprocess(_images(1, 1)), ["Q?"], [["fact one."]])
+    b = model.build(t, bb.preprocess(_images(1, 2)), ["Q?"], [["fact one."]])
+    assert a.inputs_embeds.shape == b.inputs_embeds.shape
+    assert not torch.allclose(a.inputs_embeds, b.inputs_embeds)
+
+
+def test_hard_facts_are_text(model):
+    hard = SageModel(model.backbone, facts_mode="hard")
+    text = hard.prompt("Q?", True, ["hazelnuts crack."])
+    assert "Facts: hazelnuts crack." in text and "<sage:facts>" not in text
+
+
+def test_generate_returns_text(model):
+    bb = model.backbone
+    batch = model.build(bb.preprocess(_images(2, 0)), bb.preprocess(_images(2, 1)), ["Q?", "Another?"],
+                        [["f."], []], padding_side="left")
+    out = model.generate(batch, max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)

@@ -1,0 +1,43 @@
+"""Tiny random models for fast tests: a byte-level tokenizer with a ChatML template, a 2-layer DINOv2
+and a 2-layer Llama. No weights, no network."""
+
+from __future__ import annotations
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # 256 byte tokens
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|pad|>",
+                             "additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_composed(image_size: int = 56, seed: int = 0):
+    import torch
+    from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
+
+    from sage_cli.models.backbone import ComposedBackbone
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer()
+    vision = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      mlp_ratio=2, image_size=image_size, patch_size=14))
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.eos_token_id))
+    return ComposedBackbone(vision, lm, tok, image_size=image_size, patch_size=14,
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), name="tiny")
