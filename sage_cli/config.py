@@ -105,14 +105,10 @@ class SFERecipe:
 
 
 @dataclass
-class EDPORecipe:
+class EDPORecipe(SFERecipe):
+    """Stage 2 takes every stage-1 section plus `edpo`."""
+
     kind: Literal["edpo"] = "edpo"
-    description: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     edpo: EDPOConfig = field(default_factory=EDPOConfig)
 
 
