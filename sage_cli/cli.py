@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from sage_cli.commands import data_ls, data_synth, env as env_cmd, pending, recipes as recipes_cmd
+from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, pending, recipes as recipes_cmd
 
 app = typer.Typer(
     name="sage",
@@ -35,6 +35,7 @@ train_app = _group("train", "The two training stages: SFE (stage 1) and E-DPO (s
 bench_app = _group("bench", "The paper's metrics (accuracy per level, Acc-G, SBERT, MLE) on QA benchmarks.")
 data_app = _group("data", "Inspect dataset roots and make synthetic defects.")
 recipes_app = _group("recipes", "Find, read, copy and validate YAML recipes.")
+models_app = _group("models", "The embedded sage-smol backbone: what is installed and cached, and building it.")
 
 data_app.command("ls")(data_ls.ls)
 data_app.command("synth")(data_synth.synth)
@@ -43,6 +44,9 @@ recipes_app.command("ls")(recipes_cmd.ls)
 recipes_app.command("show")(recipes_cmd.show)
 recipes_app.command("validate")(recipes_cmd.validate)
 recipes_app.command("cp")(recipes_cmd.cp)
+
+models_app.command("ls")(models_cmd.ls)
+models_app.command("build")(models_cmd.build)
 
 app.command("env")(env_cmd.env)
 

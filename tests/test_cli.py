@@ -9,7 +9,7 @@ import pytest
 
 from sage_cli.cli import run
 
-GROUPS = ("facts", "prefs", "score", "train", "infer", "bench", "data", "recipes", "env")
+GROUPS = ("facts", "prefs", "score", "train", "infer", "bench", "data", "recipes", "models", "env")
 
 
 def test_help_lists_every_group(capsys):

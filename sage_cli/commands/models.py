@@ -1,0 +1,57 @@
+"""`sage models ls|build`: which backbones are available here and the embedded model's cache."""
+
+from __future__ import annotations
+
+import typer
+
+
+def ls(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Show the embedded sage-smol: its packaged sources, whether they are installed, and the cache."""
+    import json
+
+    from sage_cli.errors import SageError
+    from sage_cli.models import cache
+    from sage_cli.models.packaged import PACKAGED, find_packaged, packaged_version
+    from sage_cli.models.registry import SAGE_SMOL, SAGE_SMOL_PARTS
+
+    rows = []
+    for entry, source, what in SAGE_SMOL_PARTS:
+        try:
+            find_packaged(source)
+            installed = packaged_version(source)
+        except SageError:
+            installed = None
+        path = cache.entry_dir(entry)
+        why = cache.check_entry(path)
+        rows.append({"model": SAGE_SMOL, "part": what, "package": PACKAGED[source].dist, "installed": installed,
+                     "cache": str(path), "cached": why is None, "problem": None if why is None or not path.exists() else why})
+    if as_json:
+        typer.echo(json.dumps({"cache_root": str(cache.cache_root()), "models": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models (cache: {cache.cache_root()})")
+    for col in ("model", "part", "package", "cached"):
+        table.add_column(col)
+    for r in rows:
+        pkg = f"{r['package']} {r['installed']}" if r["installed"] else f"{r['package']} [red]missing[/red]"
+        cached = "yes" if r["cached"] else ("[red]broken[/red]" if r["problem"] else "no (sage models build sage-smol)")
+        table.add_row(r["model"], r["part"], pkg, cached)
+    Console().print(table)
+    typer.echo("Hugging Face VLMs (InternVL, LLaVA) are used by local path or cached hub name: model.backbone=PATH")
+
+
+def build(
+    name: str = typer.Argument("sage-smol", help="The embedded model to prepare (only sage-smol)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the cache is valid."),
+    verify: bool = typer.Option(False, "--verify", help="Check every cached file's sha256 (slower)."),
+) -> None:
+    """Convert the packaged weights of sage-smol into the local cache (once; later runs reuse it)."""
+    from sage_cli.errors import SageError
+    from sage_cli.models.registry import SAGE_SMOL, build_sage_smol
+
+    if name != SAGE_SMOL:
+        raise SageError(f"only {SAGE_SMOL} is built from packaged weights; use other VLMs by path (got {name!r})")
+    for path in build_sage_smol(force=force, verify=verify):
+        typer.echo(f"ready: {path}")
