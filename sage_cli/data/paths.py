@@ -20,7 +20,3 @@ def inside(root: Path, rel: str | Path) -> Path:
         raise SageError(f"{rel}: path escapes the dataset root {root}")
     return Path(root) / norm
 
-
-def relative(root: Path, path: Path) -> str:
-    """The POSIX path of ``path`` relative to ``root`` (both resolved)."""
-    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
