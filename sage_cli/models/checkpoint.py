@@ -1,0 +1,110 @@
+"""SAGE checkpoints: `config.json` (format version, base backbone, SAGE settings) + `model.safetensors`
+holding only what SAGE trains (adapter, fusion, projection, and any trained LLM weights).
+
+Weights are read only with safetensors: nothing in a checkpoint can execute code. Loading checks
+that the checkpoint belongs to the backbone and that every tensor's shape matches, and says which
+one does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from sage_cli.errors import SageError
+
+FORMAT = "sage-checkpoint/1"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+
+
+def trained_state(model) -> dict:
+    """Adapter, fusion and projection always; LLM weights only where training touched them."""
+    state = {f"adapter.{k}": v for k, v in model.backbone.parts()["adapter"].state_dict().items()}
+    state.update({f"fusion.{k}": v for k, v in model.fusion.state_dict().items()})
+    state.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    llm = model.backbone.parts()["llm"]
+    state.update({f"llm.{n}": p.detach() for n, p in llm.named_parameters() if p.requires_grad})
+    return state
+
+
+def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (a temp dir renamed into place)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "backbone": backbone,
+        "sage": {
+            "facts_mode": model.facts_mode,
+            "num_facts": model.num_facts,
+            "k_patches": model.fusion.k_patches,
+            "fusion_heads": model.fusion.heads,
+            "fusion_values": model.fusion.values,
+        },
+        **(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    state = {k: v.contiguous().cpu() for k, v in trained_state(model).items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def read_config(ckpt_dir: str | Path) -> dict:
+    path = Path(ckpt_dir) / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SageError(f"{ckpt_dir}: not a sage checkpoint (no {CONFIG})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise SageError(f"{path}: unreadable checkpoint config ({e})") from None
+    if config.get("format") != FORMAT:
+        raise SageError(f"{path}: checkpoint format {config.get('format')!r} is not {FORMAT!r}")
+    return config
+
+
+def load_into(model, ckpt_dir: str | Path, backbone: str) -> dict:
+    """Load a checkpoint's tensors into `model` (a SageModel on `backbone`); returns its config."""
+    from safetensors.torch import load_file
+
+    config = read_config(ckpt_dir)
+    if config["backbone"] != backbone:
+        raise SageError(f"{ckpt_dir}: checkpoint is for backbone {config['backbone']!r}, not {backbone!r}")
+    try:
+        state = load_file(str(Path(ckpt_dir) / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise SageError(f"{Path(ckpt_dir) / WEIGHTS}: unreadable weights ({e})") from None
+    targets = {
+        "adapter.": model.backbone.parts()["adapter"],
+        "fusion.": model.fusion,
+        "projector.": model.projector,
+        "llm.": model.backbone.parts()["llm"],
+    }
+    own = {}
+    for prefix, module in targets.items():
+        params = dict(module.state_dict())
+        own.update({prefix + k: v for k, v in params.items()})
+    for key, tensor in state.items():
+        if key not in own:
+            raise SageError(f"{ckpt_dir}: tensor {key} has no place in this model (another architecture?)")
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            raise SageError(f"{ckpt_dir}: {key} has shape {tuple(tensor.shape)}, the model expects "
+                            f"{tuple(own[key].shape)}")
+    for prefix, module in targets.items():
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            module.load_state_dict(part, strict=prefix != "llm.")
+    return config

@@ -1,0 +1,64 @@
+"""Checkpoints: save -> load gives identical outputs; wrong backbone, shapes and files fail clearly."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from sage_cli.errors import SageError
+from sage_cli.models import checkpoint
+from sage_cli.models.sage import SageModel
+from tiny_models import tiny_composed
+
+
+def _batch(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ims = [Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).byte().numpy()) for _ in range(2)]
+    bb = model.backbone
+    return model.build(bb.preprocess(ims[:1]), bb.preprocess(ims[1:]), ["Q?"], [["a fact."]])
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    trained = SageModel(tiny_composed(seed=1), k_patches=2).eval()
+    with torch.no_grad():
+        for p in trained.fusion.parameters():
+            p.add_(0.5)  # something a fresh model does not have
+        expected = trained(_batch(trained)).logits
+    out = checkpoint.save(trained, tmp_path / "ckpt", backbone="tiny")
+    assert json.loads((out / "config.json").read_text())["format"] == checkpoint.FORMAT
+
+    fresh = SageModel(tiny_composed(seed=1), k_patches=2).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(_batch(fresh)).logits, expected)
+        checkpoint.load_into(fresh, out, backbone="tiny")
+        assert torch.allclose(fresh(_batch(fresh)).logits, expected, atol=1e-6)
+
+
+def test_only_trained_parts_are_saved(tmp_path):
+    model = SageModel(tiny_composed(), k_patches=2)
+    model.backbone.language_model.requires_grad_(False)
+    keys = checkpoint.trained_state(model).keys()
+    assert keys and all(k.split(".")[0] in ("adapter", "fusion", "projector") for k in keys)
+    model.backbone.language_model.lm_head.requires_grad_(True)
+    assert any(k.startswith("llm.lm_head") for k in checkpoint.trained_state(model))
+
+
+def test_wrong_backbone_and_bad_files(tmp_path):
+    model = SageModel(tiny_composed(), k_patches=2)
+    out = checkpoint.save(model, tmp_path / "ckpt", backbone="tiny")
+    with pytest.raises(SageError, match="for backbone 'tiny', not 'sage-smol'"):
+        checkpoint.load_into(model, out, backbone="sage-smol")
+    with pytest.raises(SageError, match="not a sage checkpoint"):
+        checkpoint.load_into(model, tmp_path, backbone="tiny")
+    (out / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SageError, match="unreadable weights"):
+        checkpoint.load_into(model, out, backbone="tiny")
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    out = checkpoint.save(SageModel(tiny_composed(), k_patches=2), tmp_path / "ckpt", backbone="tiny")
+    other = SageModel(tiny_composed(image_size=112), k_patches=2)  # same dims; now change the fusion
+    other.fusion.w_v = torch.nn.Linear(65, 64, bias=False)
+    with pytest.raises(SageError, match=r"fusion.w_v.weight has shape \(64, 64\), the model expects \(64, 65\)"):
+        checkpoint.load_into(other, out, backbone="tiny")
