@@ -120,7 +120,7 @@ class SageModel(nn.Module):
         seqs, labs = [], []
         for i in range(b):
             text = self.prompt(questions[i], v_r is not None, facts[i])
-            pieces, labels = [], []
+            pieces = []  # [T_j, C] embeddings in prompt order
             for part in _SLOTS.split(text):
                 if part == REF:
                     pieces.append(v_r[i])
@@ -131,11 +131,7 @@ class SageModel(nn.Module):
                 elif part:
                     ids = tok(part, add_special_tokens=False, return_tensors="pt")["input_ids"][0].to(self.device)
                     pieces.append(self.backbone.embed_tokens(ids))
-                    labels.append(torch.full_like(ids, IGNORE))
-                    continue
-                else:
-                    continue
-                labels.append(torch.full((pieces[-1].shape[0],), IGNORE, dtype=torch.long, device=self.device))
+            labels = [torch.full((p.shape[0],), IGNORE, dtype=torch.long, device=self.device) for p in pieces]
             if answers is not None:
                 ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,
                           return_tensors="pt")["input_ids"][0].to(self.device)
