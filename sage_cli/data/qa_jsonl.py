@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sage_cli.atomic import replacing
 from sage_cli.data._common import checked_rel, verify_image
 from sage_cli.data.problems import Problems
 from sage_cli.data.records import QA_FORMAT, QAGroup
@@ -147,34 +147,15 @@ def read_qa_dir(root: Path | str, problems: Problems | None = None, *, check_ima
         yield from read_qa_jsonl(p, problems, root=root, check_images=check_images)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
     """Write ``groups`` to ``path`` atomically (all or nothing); returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for g in groups:
-                f.write(_line(g))
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for g in groups:
+            f.write(_line(g))
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
     return n
 
 

@@ -18,13 +18,13 @@ import difflib
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from sage_cli.atomic import replacing, write_text
 from sage_cli.data.foreground import erode, estimate_blur, estimate_foreground, fill_holes
 from sage_cli.data.images import IMAGE_SUFFIXES, load_rgb
 from sage_cli.data.masks import describe
@@ -805,28 +805,11 @@ def _load(path: Path, image_size: int | None) -> np.ndarray:
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` as PNG atomically (temp file + os.replace) with fixed settings."""
+    """Write ``arr`` as PNG atomically with fixed settings."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG", compress_level=3, optimize=False)  # fast, ~8% bigger than 6
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _settings(src: Path, opts: SynthOptions) -> dict:

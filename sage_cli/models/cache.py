@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sage_cli.atomic import swap_in_dir
 from sage_cli.errors import SageError
 
 MANIFEST = "MANIFEST.json"
@@ -175,23 +176,11 @@ def build_entry(name: str, build: Callable[[Path], dict | None], *, source: str 
             }
             manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
-            _swap_in(tmp, entry)
+            swap_in_dir(tmp, entry)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry
-
-
-def _swap_in(tmp: Path, entry: Path) -> None:
-    """Move the finished tmp folder to `entry`. os.replace cannot replace a non-empty folder, so an
-    old entry is first renamed aside (a reader in between sees no entry, never a mixed one)."""
-    old = None
-    if entry.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=entry.parent))
-        os.replace(entry, old / entry.name)
-    os.replace(tmp, entry)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_entry(name: str, root: str | Path | None = None) -> bool:

@@ -9,10 +9,11 @@ one does not.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from sage_cli.atomic import swap_in_dir
 from sage_cli.errors import SageError
 
 FORMAT = "sage-checkpoint/1"
@@ -47,19 +48,15 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None) -
         },
         **(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    state = {k: v.contiguous().cpu() for k, v in trained_state(model).items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        state = {k: v.contiguous().cpu() for k, v in trained_state(model).items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        swap_in_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
