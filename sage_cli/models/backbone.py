@@ -52,6 +52,21 @@ class Backbone(nn.Module):
         return self.language_model.get_input_embeddings()(input_ids)
 
 
+def resize_normalise(images: list, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """PIL images -> [B, 3, H, W]: stretched to `size` (h, w) with bicubic resampling, then (x - mean) / std.
+
+    Stretched, not letterboxed, so that the patch grid (and the anomaly map) covers the whole image.
+    mean / std: [1, 3, 1, 1].
+    """
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    arrs = [np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # [B, 3, H, W]
+    return (x - mean.cpu()) / std.cpu()
+
+
 class PixelShuffleAdapter(nn.Module):
     """Merge each f×f block of patches into one token, then an MLP into the LLM's space.
 
@@ -110,13 +125,7 @@ class ComposedBackbone(Backbone):
         return {"vision": self.vision, "adapter": self.adapter, "llm": self.language_model}
 
     def preprocess(self, images: list) -> torch.Tensor:
-        import numpy as np
-        from PIL import Image
-
-        s = self.image_size
-        arrs = [np.asarray(im.convert("RGB").resize((s, s), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # [B, 3, H, W]
-        return (x - self.mean.cpu()) / self.std.cpu()
+        return resize_normalise(images, (self.image_size, self.image_size), self.mean, self.std)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision(pixel_values=pixel_values.to(self.mean.device, self.vision.dtype))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sage_cli.errors import SageError
-from sage_cli.models.backbone import Backbone
+from sage_cli.models.backbone import Backbone, resize_normalise
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -109,13 +109,7 @@ class HFVLMBackbone(Backbone):
                 raise SageError(f"the image processor of {self.name} gave pixel values {tuple(x.shape)}, "
                                 f"expected one {h}x{w} image per input")
             return x.float()
-        import numpy as np
-        from PIL import Image
-
-        arrs = [np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
-                for im in images]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # [B, 3, H, W]
-        return (x - self.mean.cpu()) / self.std.cpu()
+        return resize_normalise(images, (h, w), self.mean, self.std)
 
     def _layer_output(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         p = next(self.vision.parameters())
