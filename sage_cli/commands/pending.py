@@ -26,16 +26,6 @@ def facts_extract(
     raise PendingError("sage facts extract", 4)
 
 
-def prefs_build() -> None:
-    """Build AD-PL-style QA groups with four ranked answers per question (lands with issue #4)."""
-    raise PendingError("sage prefs build", 4)
-
-
-def score_mle() -> None:
-    """Score ranked answers with an LLM judge and select E-DPO pairs (lands with issue #4)."""
-    raise PendingError("sage score mle", 4)
-
-
 def train_sfe(
     overrides: list[str] | None = OVERRIDES,
     recipe: str = recipe_option("sage-smol"),
