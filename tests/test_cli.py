@@ -39,10 +39,8 @@ def test_help_is_fast_and_imports_nothing_heavy():
     [
         (["facts", "extract"], 4),
         (["prefs", "build"], 4),
-        (["score", "mle"], 4),
         (["train", "sfe"], 5),
         (["train", "edpo"], 5),
-        (["infer", "a.png"], 3),
         (["bench", "manta", "--root", "x"], 6),
     ],
 )

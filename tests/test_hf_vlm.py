@@ -12,52 +12,9 @@ from PIL import Image
 from sage_cli.errors import SageError
 from sage_cli.models.hf_vlm import InternVLBackbone, LlavaBackbone, load_hf_vlm
 from sage_cli.models.sage import IGNORE, SageModel
-from tiny_models import tiny_tokenizer
+from tiny_models import save_tiny_internvl as _save_internvl, save_tiny_llava as _save_llava
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _tok():
-    tok = tiny_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<IMG_CONTEXT>"]})
-    return tok
-
-
-def _text(cls, tok):
-    return cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-               eos_token_id=tok.eos_token_id).to_dict()
-
-
-def _save_internvl(path, processor: bool):
-    from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
-                              InternVLVisionConfig, Qwen2Config)
-
-    tok = _tok()
-    vision = InternVLVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                  image_size=56, patch_size=14)
-    cfg = InternVLConfig(vision_config=vision.to_dict(), text_config=_text(Qwen2Config, tok),
-                         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
-    torch.manual_seed(0)
-    InternVLForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    if processor:  # crop_to_patches=True as the real InternVL processors: the backbone must turn it off
-        GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True).save_pretrained(path)
-    return path
-
-
-def _save_llava(path):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    tok = _tok()
-    vision = CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              image_size=56, patch_size=14)
-    cfg = LlavaConfig(vision_config=vision.to_dict(), text_config=_text(LlamaConfig, tok),
-                      image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))  # layer -2, strategy "default"
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path  # no image processor saved: the config's fixed-size fallback is used
 
 
 @pytest.fixture(scope="module")

@@ -41,3 +41,50 @@ def tiny_composed(image_size: int = 56, seed: int = 0):
                                       eos_token_id=tok.eos_token_id))
     return ComposedBackbone(vision, lm, tok, image_size=image_size, patch_size=14,
                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), name="tiny")
+
+
+def _tok():
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<IMG_CONTEXT>"]})
+    return tok
+
+
+def _text(cls, tok):
+    return cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+               eos_token_id=tok.eos_token_id).to_dict()
+
+
+def save_tiny_internvl(path, processor: bool = False):
+    """A 2-layer random InternVL (Qwen2 decoder) saved with save_pretrained; returns `path`."""
+    import torch
+    from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLVisionConfig, Qwen2Config)
+
+    tok = _tok()
+    vision = InternVLVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                  image_size=56, patch_size=14)
+    cfg = InternVLConfig(vision_config=vision.to_dict(), text_config=_text(Qwen2Config, tok),
+                         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    torch.manual_seed(0)
+    InternVLForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    if processor:  # crop_to_patches=True as the real InternVL processors: the backbone must turn it off
+        GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True).save_pretrained(path)
+    return path
+
+
+def save_tiny_llava(path):
+    """A 2-layer random LLaVA (CLIP + Llama) saved with save_pretrained; returns `path`."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tok = _tok()
+    vision = CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              image_size=56, patch_size=14)
+    cfg = LlavaConfig(vision_config=vision.to_dict(), text_config=_text(LlamaConfig, tok),
+                      image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))  # layer -2, strategy "default"
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path  # no image processor saved: the config's fixed-size fallback is used

@@ -46,15 +46,6 @@ def train_edpo(
     raise PendingError("sage train edpo", 5)
 
 
-def infer(
-    test: Path = typer.Argument(..., help="Test image."),
-    reference: Path | None = typer.Argument(None, help="Normal reference image (omit for zero-shot)."),
-    question: list[str] | None = typer.Option(None, "--question", "-q", help="Question (repeatable)."),
-) -> None:
-    """Answer questions about a test image against a normal reference (lands with issue #3)."""
-    raise PendingError("sage infer", 3)
-
-
 def bench_command(fmt: str):
     def bench(root: Path = typer.Option(..., "--root", help="Benchmark root.")) -> None:
         raise PendingError(f"sage bench {fmt}", 6)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sage_cli import jsonl
 from sage_cli.atomic import replacing
 from sage_cli.data._common import checked_rel, verify_image
 from sage_cli.data.problems import Problems
@@ -160,26 +161,8 @@ def write_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
 
 
 def append_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
-    """Append ``groups`` to ``path`` (created if missing), one flushed line each; returns the count.
-
-    If the file ends in a torn line (an earlier run was killed mid-write), a newline is added first so
-    the torn line stays one bad line instead of swallowing the next record.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "ab") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    f.write(b"\n")
-        for g in groups:
-            f.write(_line(g).encode("utf-8"))
-            f.flush()
-            n += 1
-        os.fsync(f.fileno())
-    return n
+    """Append ``groups`` to ``path`` (created if missing), one flushed line each; returns the count."""
+    return jsonl.append(path, (_line(g) for g in groups))
 
 
 def existing_ids(path: Path | str) -> set[str]:

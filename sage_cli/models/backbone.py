@@ -103,9 +103,14 @@ class ComposedBackbone(Backbone):
 
     def __init__(self, vision: nn.Module, language_model: nn.Module, tokenizer, image_size: int,
                  patch_size: int, mean: tuple[float, ...], std: tuple[float, ...], name: str = "composed",
-                 shuffle: int = 2):
+                 shuffle: int = 2, feature_layer: int | None = None):
         super().__init__()
         self.name = name
+        if feature_layer is not None:
+            # Mid-depth ViT features localise defects far better than the last layer's (PatchCore reads
+            # mid layers too); the layers above are never run, so they are dropped.
+            vision.encoder.layer = vision.encoder.layer[:feature_layer]
+        self.feature_layer = feature_layer
         self.vision = vision.eval().requires_grad_(False)
         self.language_model = language_model
         self.tokenizer = tokenizer
@@ -128,8 +133,11 @@ class ComposedBackbone(Backbone):
         return resize_normalise(images, (self.image_size, self.image_size), self.mean, self.std)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.vision(pixel_values=pixel_values.to(self.mean.device, self.vision.dtype))
-        return out.last_hidden_state[:, 1:]  # drop CLS: [B, N, D]
+        x = pixel_values.to(self.mean.device, self.vision.dtype)
+        if self.feature_layer is None:
+            return self.vision(pixel_values=x).last_hidden_state[:, 1:]  # drop CLS: [B, N, D]
+        out = self.vision(pixel_values=x, output_hidden_states=True)
+        return out.hidden_states[-1][:, 1:]  # the kept last layer, before the final LayerNorm: [B, N, D]
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         return self.adapter(features.to(self.adapter.mlp[1].weight.dtype))  # [B, N, D] -> [B, P, C]

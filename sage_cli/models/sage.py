@@ -26,12 +26,23 @@ from sage_cli.models.backbone import Backbone
 from sage_cli.models.comparison import nearest_similarity
 from sage_cli.models.fusion import Comparison, FactProjector, FusionAttention, pool_fact_embeddings
 
-REF, TEST, FACTS = "<sage:reference>", "<sage:test>", "<sage:facts>"
-_SLOTS = re.compile(f"({re.escape(REF)}|{re.escape(TEST)}|{re.escape(FACTS)})")
+REF, TEST, FACTS, QUESTION = "<sage:reference>", "<sage:test>", "<sage:facts>", "<sage:question>"
+_SLOTS = re.compile("(" + "|".join(re.escape(t) for t in (REF, TEST, FACTS, QUESTION)) + ")")
 FACT_PROMPT = "Above is the feature related to the anomaly facts."  # the paper's auxiliary prompt
 SYSTEM = ("You are an industrial inspection expert. Compare the test image with the normal reference, "
           "answer the question, then explain where the defect is, why it matters and what it breaks.")
 IGNORE = -100  # label of tokens the loss skips
+
+
+@dataclass
+class Encoding:
+    """What SAGE computes from the images and facts before any question is read."""
+
+    v_t: torch.Tensor  # [B, P, C] test patches
+    v_r: torch.Tensor | None  # [B, P, C] reference patches; None = zero-shot
+    facts: list[list[str]]  # the sentences used (at most num_facts each)
+    fact_tokens: list[torch.Tensor] | None  # per sample [L_i, C] after fusion + projection; None unless "fe"
+    comparison: Comparison  # Eq. 1 (s [B, P] is None zero-shot)
 
 
 @dataclass
@@ -92,6 +103,53 @@ class SageModel(nn.Module):
 
     # ---- the batch the LLM sees -----------------------------------------------------------
 
+    def encode(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None,
+               facts: list[list[str]]) -> Encoding:
+        """Images [B, 3, H, W] (ref None = zero-shot) and fact sentences -> everything but the question."""
+        facts = [list(f[: self.num_facts]) for f in facts]
+        v_t = self.backbone.encode_images(test_pixels.to(self.device))  # [B, P, C]
+        v_r = self.backbone.encode_images(ref_pixels.to(self.device)) if ref_pixels is not None else None
+        fact_tokens = None
+        if self.facts_mode == "fe" and any(facts):
+            t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
+            t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, v_r)  # [B, L, C]
+            t_s = self.projector(t_s)
+            fact_tokens = [t_s[i][fact_mask[i]] for i in range(len(facts))]  # real facts only: [L_i, C]
+        elif v_r is not None:
+            s, _ = nearest_similarity(v_t, v_r)  # the anomaly map is shown whatever the facts mode
+            cmp = Comparison(s, None)
+        else:
+            cmp = Comparison(None, None)
+        return Encoding(v_t, v_r, facts, fact_tokens, cmp)
+
+    def prompt_pieces(self, enc: Encoding, i: int, question: str) -> tuple[list[torch.Tensor], int]:
+        """Sample i's prompt as embedding pieces [T_j, C] in order, and the index of the question piece.
+
+        Everything before the question depends only on the images and facts, so generation can prefill
+        it once and reuse it for every question of a group.
+        """
+        text = self.prompt(QUESTION, enc.v_r is not None, enc.facts[i])
+        slots = {TEST: enc.v_t[i]}
+        if enc.v_r is not None:
+            slots[REF] = enc.v_r[i]
+        if enc.fact_tokens is not None:
+            slots[FACTS] = enc.fact_tokens[i]
+        pieces, at = [], -1
+        for part in _SLOTS.split(text):
+            if part in slots:
+                pieces.append(slots[part])
+            elif part == QUESTION:
+                at = len(pieces)
+                pieces.append(self.embed_text(question.strip()))
+            elif part:
+                pieces.append(self.embed_text(part))
+        return [p.to(enc.v_t.dtype) for p in pieces], at
+
+    def embed_text(self, text: str) -> torch.Tensor:
+        """Text -> [T, C] with the LLM's input embeddings (no special tokens added)."""
+        ids = self.backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return self.backbone.embed_tokens(ids.to(self.device))
+
     def build(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None, questions: list[str],
               facts: list[list[str]] | None = None, answers: list[str] | None = None,
               padding_side: str = "right") -> SageBatch:
@@ -101,45 +159,20 @@ class SageModel(nn.Module):
         assistant starts (generation; use padding_side="left").
         """
         b = test_pixels.shape[0]
-        facts = [list(f[: self.num_facts]) for f in (facts or [[] for _ in range(b)])]
-        v_t = self.backbone.encode_images(test_pixels.to(self.device))  # [B, P, C]
-        v_r = self.backbone.encode_images(ref_pixels.to(self.device)) if ref_pixels is not None else None
-
-        fact_tokens = fact_mask = None
-        if self.facts_mode == "fe" and any(facts):
-            t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
-            t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, v_r)  # [B, L, C]
-            fact_tokens = self.projector(t_s)
-        elif v_r is not None:
-            s, _ = nearest_similarity(v_t, v_r)  # the anomaly map is shown whatever the facts mode
-            cmp = Comparison(s, None)
-        else:
-            cmp = Comparison(None, None)
-
+        enc = self.encode(test_pixels, ref_pixels, facts or [[] for _ in range(b)])
         tok = self.backbone.tokenizer
         seqs, labs = [], []
         for i in range(b):
-            text = self.prompt(questions[i], v_r is not None, facts[i])
-            pieces = []  # [T_j, C] embeddings in prompt order
-            for part in _SLOTS.split(text):
-                if part == REF:
-                    pieces.append(v_r[i])
-                elif part == TEST:
-                    pieces.append(v_t[i])
-                elif part == FACTS:
-                    pieces.append(fact_tokens[i][fact_mask[i]])  # real facts only: [L_i, C]
-                elif part:
-                    ids = tok(part, add_special_tokens=False, return_tensors="pt")["input_ids"][0].to(self.device)
-                    pieces.append(self.backbone.embed_tokens(ids))
+            pieces, _ = self.prompt_pieces(enc, i, questions[i])
             labels = [torch.full((p.shape[0],), IGNORE, dtype=torch.long, device=self.device) for p in pieces]
             if answers is not None:
                 ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,
                           return_tensors="pt")["input_ids"][0].to(self.device)
-                pieces.append(self.backbone.embed_tokens(ids))
+                pieces.append(self.backbone.embed_tokens(ids).to(enc.v_t.dtype))
                 labels.append(ids)
-            seqs.append(torch.cat([p.to(v_t.dtype) for p in pieces]))  # [T_i, C]
+            seqs.append(torch.cat(pieces))  # [T_i, C]
             labs.append(torch.cat(labels))
-        return _pad(seqs, labs if answers is not None else None, padding_side, cmp)
+        return _pad(seqs, labs if answers is not None else None, padding_side, enc.comparison)
 
     # ---- training and inference -----------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Fact sentences about images: the file they live in and the writers that make them."""

@@ -1,0 +1,285 @@
+"""Answering questions with a SageModel: one image encoding and one prefill per image pair, reused.
+
+`Engine.encode` runs the vision encoder, adapter and fusion once, then prefills the LLM with the
+prompt up to the question (system, images, fact tokens). `Engine.answer` copies that KV cache,
+feeds the question and decodes greedily (or sampled), streaming text to a callback. The first
+answer token's distribution gives P(yes) = p(yes tokens) / (p(yes tokens) + p(no tokens)).
+
+Used by `sage infer`, `sage serve` and `sage bench`; not thread-safe (callers serialise).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sage_cli.errors import SageError
+from sage_cli.models.comparison import anomaly_map, least_similar
+from sage_cli.models.sage import Encoding, SageModel
+
+YES_WORDS = ("Yes", "yes", "YES", "True", "true")
+NO_WORDS = ("No", "no", "NO", "False", "false")
+
+
+@dataclass
+class Prefix:
+    """An image pair after encoding: the fused features and the LLM's cache of the shared prompt."""
+
+    encoding: Encoding
+    pieces: list[torch.Tensor]  # the prompt after the question: [T_j, C] pieces with the question at `at`
+    at: int
+    cache: object  # the LLM's KV cache after the prefix
+    prefix_tokens: int
+    encode_s: float
+    prefill_s: float
+
+    @property
+    def has_reference(self) -> bool:
+        return self.encoding.v_r is not None
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    p_yes: float | None  # None when the tokenizer has no yes/no tokens
+    new_tokens: int
+    prompt_tokens: int
+    ttft_s: float  # question prefill + first token (the prefix was paid once in encode)
+    decode_s: float  # after the first token
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else 0.0
+
+
+class Engine:
+    def __init__(self, model: SageModel, backbone_name: str, checkpoint: str | None = None):
+        self.model = model.eval()
+        self.backbone_name, self.checkpoint = backbone_name, checkpoint
+        tok = model.backbone.tokenizer
+        yes, no = _first_ids(tok, YES_WORDS), _first_ids(tok, NO_WORDS)
+        # a token that starts both (a bare space, a single letter "N") says nothing either way
+        self.yes_ids, self.no_ids = sorted(yes - no), sorted(no - yes)
+        self.stop_ids = _stop_ids(model.backbone)
+        params = inspect.signature(model.backbone.language_model.forward).parameters
+        # transformers renamed past_key_values to cache; only the last position's logits are needed
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    def _lm(self, cache, **inputs):
+        """One LLM step that extends `cache` in place; returns the last position's logits [V] in float32."""
+        out = self.model.backbone.language_model(**inputs, use_cache=True, **{self._cache_kw: cache}, **self._last_only)
+        return out.logits[0, -1].float()
+
+    @classmethod
+    def load(cls, backbone: str | None = None, checkpoint: str | None = None, dtype: str = "auto",
+             device: str = "auto", seed: int = 0, **sage_kwargs) -> "Engine":
+        """A backbone by name/path, wrapped in SageModel, with a checkpoint's trained weights if given.
+
+        Without a checkpoint the adapter, fusion and projection are untrained (seeded, so repeatable).
+        """
+        from sage_cli.models import checkpoint as ckpt
+        from sage_cli.models.registry import SAGE_SMOL, load_backbone
+
+        config = ckpt.read_config(checkpoint) if checkpoint else {}
+        if checkpoint and backbone and backbone != config["backbone"]:
+            raise SageError(f"{checkpoint}: checkpoint is for backbone {config['backbone']!r}, not {backbone!r}")
+        name = config.get("backbone") or backbone or SAGE_SMOL
+        settings = {**config.get("sage", {}), **{k: v for k, v in sage_kwargs.items() if v is not None}}
+        dev = resolve_device(device)
+        torch.manual_seed(seed)
+        bb = load_backbone(name, dtype=resolve_dtype(dtype, dev), image_size=config.get("image_size"))
+        model = SageModel(bb, **settings).to(dev, resolve_dtype(dtype, dev))
+        if checkpoint:
+            ckpt.load_into(model, checkpoint, name)
+        return cls(model, name, checkpoint)
+
+    # ---- images ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, test, reference=None, facts: list[str] | None = None) -> Prefix:
+        """PIL test (+ reference) image and fact sentences -> a Prefix every question can reuse."""
+        t0 = time.perf_counter()
+        bb = self.model.backbone
+        test_px = bb.preprocess([test])  # [1, 3, H, W]
+        ref_px = bb.preprocess([reference]) if reference is not None else None
+        enc = self.model.encode(test_px, ref_px, [list(facts or [])])
+        pieces, at = self.model.prompt_pieces(enc, 0, "")
+        t1 = time.perf_counter()
+        prefix = torch.cat(pieces[:at])[None]  # [1, T_prefix, C]
+        cache = _new_cache(bb.language_model)
+        self._lm(cache, inputs_embeds=prefix)
+        t2 = time.perf_counter()
+        return Prefix(enc, pieces, at, cache, prefix.shape[1], encode_s=t1 - t0, prefill_s=t2 - t1)
+
+    def anomaly(self, prefix: Prefix) -> dict | None:
+        """The Eq. 1 anomaly map (1 - s over the patch grid) and the K patches the fusion reads."""
+        s = prefix.encoding.comparison.s
+        if s is None:
+            return None
+        grid = self.model.backbone.patch_grid
+        amap = anomaly_map(s.float(), grid)[0]  # [h, w]
+        idx = prefix.encoding.comparison.idx
+        top = (idx[0] if idx is not None else least_similar(s, self.model.fusion.k_patches)[0]).tolist()
+        flat = amap.flatten()
+        peak = int(flat.argmax())
+        return {"map": amap.cpu(), "grid": list(grid), "selected": [int(i) for i in top],
+                "max": float(flat.max()), "mean": float(flat.mean()), "peak": [peak // grid[1], peak % grid[1]]}
+
+    # ---- questions ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def answer(self, prefix: Prefix, question: str, max_new_tokens: int = 128, on_text=None,
+               temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
+        """Answer one question on an encoded pair; `on_text(str)` receives the text as it is decoded."""
+        if not question.strip():
+            raise SageError("the question is empty")
+        pieces = list(prefix.pieces)
+        pieces[prefix.at] = self.model.embed_text(question.strip()).to(pieces[0].dtype)
+        rest = torch.cat(pieces[prefix.at:])[None]  # [1, T_rest, C]
+        cache = copy.deepcopy(prefix.cache)  # the prefix stays untouched for the next question
+        out = self._decode(rest, cache, max_new_tokens, on_text, temperature, top_p, generator)
+        return Answer(question, out["text"], out["p_yes"], out["new_tokens"], prefix.prefix_tokens + rest.shape[1],
+                      out["ttft_s"], out["decode_s"])
+
+    @torch.no_grad()
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, on_text=None, temperature: float = 0.0,
+             top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
+        """Plain text chat with the backbone's LLM (no images): for judges and fact writers."""
+        tok = self.model.backbone.tokenizer
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        embeds = self.model.embed_text(text)[None]  # [1, T, C]
+        cache = _new_cache(self.model.backbone.language_model)
+        out = self._decode(embeds, cache, max_new_tokens, on_text, temperature, top_p, generator)
+        return Answer(messages[-1].get("content", "") if messages else "", out["text"], out["p_yes"],
+                      out["new_tokens"], embeds.shape[1], out["ttft_s"], out["decode_s"])
+
+    def _decode(self, embeds, cache, max_new_tokens, on_text, temperature, top_p, generator) -> dict:
+        """Feed `embeds` [1, T, C] after `cache`, then decode token by token until a stop token."""
+        tok = self.model.backbone.tokenizer
+        t0 = time.perf_counter()
+        logits = self._lm(cache, inputs_embeds=embeds)  # [V]
+        p_yes = self._p_yes(logits)
+        ids: list[int] = []
+        shown = ""
+        t_first = None
+        for _ in range(max_new_tokens):
+            nxt = _pick(logits, temperature, top_p, generator)
+            if t_first is None:
+                t_first = time.perf_counter()
+            if nxt in self.stop_ids:
+                break
+            ids.append(nxt)
+            if on_text is not None:
+                text = tok.decode(ids, skip_special_tokens=True)
+                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    on_text(text[len(shown):])
+                    shown = text
+            if len(ids) == max_new_tokens:
+                break
+            step = torch.tensor([[nxt]], device=embeds.device)
+            logits = self._lm(cache, input_ids=step)
+        t_end = time.perf_counter()
+        text = tok.decode(ids, skip_special_tokens=True)
+        if on_text is not None and len(text) > len(shown):
+            on_text(text[len(shown):])
+        t_first = t_first or t_end
+        return {"text": text.strip(), "p_yes": p_yes, "new_tokens": len(ids), "ttft_s": t_first - t0,
+                "decode_s": t_end - t_first}
+
+    def _p_yes(self, logits: torch.Tensor) -> float | None:
+        if not self.yes_ids or not self.no_ids:
+            return None
+        p = torch.softmax(logits, dim=-1)
+        yes, no = float(p[self.yes_ids].sum()), float(p[self.no_ids].sum())
+        return yes / (yes + no) if yes + no > 0 else 0.5
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
+    """Greedy at temperature 0; otherwise nucleus sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def _first_ids(tok, words) -> set[int]:
+    """The first token of each word, bare and after a space (how an answer may start)."""
+    ids = set()
+    for w in words:
+        for form in (w, " " + w):
+            enc = tok(form, add_special_tokens=False)["input_ids"]
+            if enc:
+                ids.add(enc[0])
+    return ids
+
+
+def _stop_ids(backbone) -> set[int]:
+    tok, lm = backbone.tokenizer, backbone.language_model
+    stops = set()
+    for v in (tok.eos_token_id, getattr(getattr(lm, "generation_config", None), "eos_token_id", None)):
+        stops.update(v if isinstance(v, (list, tuple)) else [v] if v is not None else [])
+    for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):  # chat turn ends of common templates
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id and i >= 0:
+            stops.add(i)
+    return stops
+
+
+def _new_cache(lm):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=lm.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SageError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SageError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on a GPU that supports it, float32 otherwise (CPU bf16 matmuls are slow)."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise SageError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return DTYPES[dtype]
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """A questions file: one question per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SageError(f"{path}: cannot read the questions file ({e.__class__.__name__})") from None
+    qs = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not qs:
+        raise SageError(f"{path}: no questions in the file")
+    return qs

@@ -1,0 +1,276 @@
+"""`sage infer` and the Engine behind it: prefix reuse, P(yes), streaming, heatmaps, facts, bad input.
+
+Fast tests use tiny random models (a composed one in memory, an InternVL saved to disk for the CLI);
+the slow ones run the real sage-smol on the real hazelnut photos.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sage_cli.cli import run
+from sage_cli.errors import SageError
+from sage_cli.facts.store import FACTS_FORMAT, facts_for_image, sha256_file
+from sage_cli.facts.writer import split_sentences
+from sage_cli.models import checkpoint
+from sage_cli.models.engine import Engine, read_questions
+from sage_cli.models.sage import SageModel
+from tiny_models import save_tiny_internvl, tiny_composed
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+FACTS = ["Widgets often show scratches on the rim.", "A normal widget is uniformly grey."]
+
+
+def _img(seed, size=(56, 56)):
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return Engine(SageModel(tiny_composed(), k_patches=2), "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    return save_tiny_internvl(tmp_path_factory.mktemp("internvl"))
+
+
+def test_prefix_reuse_gives_what_plain_generate_gives(engine):
+    """One encoding + cached prefix per pair answers exactly like HF generate on the whole prompt."""
+    test, ref = _img(1), _img(2)
+    prefix = engine.encode(test, ref, FACTS)
+    model, bb = engine.model, engine.model.backbone
+    for q in ["Is there a defect?", "Where is the scratch?"]:  # the second reuses the same prefix
+        got = engine.answer(prefix, q, max_new_tokens=12)
+        batch = model.build(bb.preprocess([test]), bb.preprocess([ref]), [q], [FACTS], padding_side="left")
+        ids = bb.language_model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                         max_new_tokens=12, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id,
+                                         eos_token_id=sorted(engine.stop_ids))
+        assert got.text == bb.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+        assert got.prompt_tokens == batch.inputs_embeds.shape[1]
+
+
+def test_p_yes_is_the_yes_share_of_the_first_token(engine):
+    test, ref = _img(3), _img(4)
+    a = engine.answer(engine.encode(test, ref, []), "Is it broken?", max_new_tokens=1)
+    bb = engine.model.backbone
+    batch = engine.model.build(bb.preprocess([test]), bb.preprocess([ref]), ["Is it broken?"])
+    with torch.no_grad():
+        p = torch.softmax(engine.model(batch).logits[0, -1].float(), -1)
+    yes, no = p[engine.yes_ids].sum(), p[engine.no_ids].sum()
+    assert a.p_yes == pytest.approx(float(yes / (yes + no)), abs=1e-5)
+    assert engine.yes_ids and engine.no_ids and not set(engine.yes_ids) & set(engine.no_ids)
+
+
+def test_streamed_chunks_make_the_answer(engine):
+    chunks = []
+    a = engine.answer(engine.encode(_img(5), _img(6), FACTS), "Describe it.", max_new_tokens=20,
+                      on_text=chunks.append)
+    assert "".join(chunks).strip() == a.text and len(chunks) > 1
+
+
+def test_zero_shot_has_no_anomaly_map_one_shot_has_one(engine):
+    assert engine.anomaly(engine.encode(_img(7), None, FACTS)) is None
+    info = engine.anomaly(engine.encode(_img(7), _img(8), FACTS))
+    h, w = engine.model.backbone.patch_grid
+    assert info["map"].shape == (h, w) and len(info["selected"]) == 2
+    assert info["max"] == pytest.approx(float(info["map"].max()))
+
+
+def test_the_map_peaks_where_the_test_image_was_changed(engine):
+    ref = _img(9, (112, 112))
+    test = ref.copy()
+    test.paste((255, 0, 255), (84, 84, 112, 112))  # repaint the lower right corner
+    big = Engine(SageModel(tiny_composed(image_size=112), k_patches=1), "tiny")
+    info = big.anomaly(big.encode(test, ref, []))
+    assert info["peak"] == [3, 3]  # 112 px / 14 = 8 patches, 2x2 shuffle -> 4x4 grid
+
+
+def test_chat_runs_the_llm_alone(engine):
+    a = engine.chat([{"role": "user", "content": "Name a defect."}], max_new_tokens=5)
+    assert a.new_tokens <= 5 and a.prompt_tokens > 5
+
+
+def test_empty_question_is_refused(engine):
+    with pytest.raises(SageError, match="empty"):
+        engine.answer(engine.encode(_img(1), None, []), "  ")
+
+
+def test_heatmap_outlines_the_selected_patches(tmp_path):
+    from sage_cli import heatmap
+
+    img = Image.new("RGB", (80, 40), (100, 100, 100))
+    amap = np.zeros((2, 4), dtype=np.float32)
+    amap[1, 3] = 1.0
+    out = heatmap.render(img, amap, selected=[7], grid=(2, 4))
+    assert out.size == (80, 40)
+    px = np.asarray(out)
+    assert tuple(px[20, 60]) == (0, 255, 255)  # the outline of patch (1, 3) starts at x=60, y=20
+    assert tuple(px[5, 5]) == (100, 100, 100)  # a cold patch keeps the photo
+    assert heatmap.save(out, tmp_path / "h.png").exists()
+    with pytest.raises(SageError, match="must be"):
+        heatmap.save(out, tmp_path / "h.gif")
+
+
+def test_sentences_from_a_reply():
+    text = "1. Hazelnuts crack when dried too fast. 2) Mould\n- Stains come from moisture in storage"
+    assert split_sentences(text) == ["Hazelnuts crack when dried too fast.", "Stains come from moisture in storage."]
+
+
+def test_facts_from_jsonl_by_hash_or_from_text(tmp_path):
+    img = tmp_path / "a.png"
+    _img(1).save(img)
+    copy = tmp_path / "renamed.png"
+    copy.write_bytes(img.read_bytes())
+    facts = tmp_path / "facts.jsonl"
+    rec = {"format": FACTS_FORMAT, "image": "a.png", "image_sha256": sha256_file(img), "model": "m",
+           "prompt_id": "p", "facts": FACTS}
+    facts.write_text(json.dumps(rec) + "\n{torn", encoding="utf-8")
+    assert facts_for_image(facts, copy) == FACTS  # matched by content, not by name
+    other = tmp_path / "b.png"
+    _img(2).save(other)
+    with pytest.raises(SageError, match="no facts for"):
+        facts_for_image(facts, other)
+    plain = tmp_path / "facts.txt"
+    plain.write_text("# facts\nOne fact here.\n\nAnother fact.\n", encoding="utf-8")
+    assert facts_for_image(plain, other) == ["One fact here.", "Another fact."]
+
+
+def test_questions_file(tmp_path):
+    f = tmp_path / "q.txt"
+    f.write_text("# group 1\nIs there a defect?\n\nWhere is it?\n", encoding="utf-8")
+    assert read_questions(f) == ["Is there a defect?", "Where is it?"]
+    f.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(SageError, match="no questions"):
+        read_questions(f)
+
+
+# ---- the command, on a tiny InternVL saved to disk --------------------------------------------
+
+
+def _pair(tmp_path, size=(56, 56)):
+    test, ref = tmp_path / "test.png", tmp_path / "ref.png"
+    _img(1, size).save(test)
+    _img(2, size).save(ref)
+    return test, ref
+
+
+def test_cli_json_answers_a_group_over_one_encoding(tiny_vlm, tmp_path, capsys):
+    test, ref = _pair(tmp_path)
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("Where is it?\nWhy does it matter?\n", encoding="utf-8")
+    rc = run(["infer", str(test), str(ref), "--backbone", str(tiny_vlm), "-q", "Is there a defect?",
+              "--questions-file", str(qfile), "--json", "--max-new-tokens", "4", "--heatmap", str(tmp_path / "h.png")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [a["question"] for a in out["answers"]] == ["Is there a defect?", "Where is it?", "Why does it matter?"]
+    assert all(0.0 <= a["p_yes"] <= 1.0 for a in out["answers"])
+    assert out["anomaly"]["grid"] == [len(out["anomaly"]["map"]), len(out["anomaly"]["map"][0])]
+    assert set(out["timings"]) == {"load_s", "encode_s", "prefill_s"}
+    assert Image.open(tmp_path / "h.png").size == (56, 56)
+
+
+def test_cli_zero_shot_and_facts_file(tiny_vlm, tmp_path, capsys):
+    test, _ = _pair(tmp_path)
+    facts = tmp_path / "facts.txt"
+    facts.write_text("\n".join(FACTS), encoding="utf-8")
+    rc = run(["infer", str(test), "--backbone", str(tiny_vlm), "--facts", str(facts), "--max-new-tokens", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("Q: Is there any defect on the test object?\nA: ")
+    assert "anomaly map" not in out and "untrained SAGE layers" in out
+
+
+@pytest.mark.parametrize("case, match", [
+    ("unreadable", "unreadable or truncated image"),
+    ("missing", "image not found"),
+    ("size", "the reference is 40x40 but the test image is 56x56"),
+    ("empty", "a question is empty"),
+    ("heatmap0", "--heatmap needs a reference"),
+    ("nockpt", "checkpoint directory not found"),
+])
+def test_cli_bad_input_is_one_line(case, match, tiny_vlm, tmp_path, capsys):
+    test, ref = _pair(tmp_path)
+    args = ["infer", str(test), str(ref), "--backbone", str(tiny_vlm), "--max-new-tokens", "2"]
+    if case == "unreadable":
+        test.write_bytes(b"not an image")
+    elif case == "missing":
+        args[1] = str(tmp_path / "nope.png")
+    elif case == "size":
+        _img(2, (40, 40)).save(ref)
+    elif case == "empty":
+        args += ["-q", " "]
+    elif case == "heatmap0":
+        args = ["infer", str(test), "--backbone", str(tiny_vlm), "--heatmap", str(tmp_path / "h.png")]
+    elif case == "nockpt":
+        args += ["--checkpoint", str(tmp_path / "none")]
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+def test_cli_checkpoint_for_another_backbone(tiny_vlm, tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(SageModel(tiny_composed()), tmp_path / "ckpt", backbone="tiny-composed")
+    test, ref = _pair(tmp_path)
+    assert run(["infer", str(test), str(ref), "--checkpoint", str(ckpt), "--backbone", str(tiny_vlm)]) == 1
+    assert "checkpoint is for backbone 'tiny-composed'" in capsys.readouterr().err
+
+
+def test_cli_checkpoint_answers_like_the_saved_model(tiny_vlm, tmp_path, capsys):
+    """A checkpoint of the tiny InternVL (with changed SAGE weights) loads back into the same answers."""
+    from sage_cli.models.hf_vlm import load_hf_vlm
+
+    torch.manual_seed(1)
+    model = SageModel(load_hf_vlm(str(tiny_vlm)))
+    with torch.no_grad():
+        model.projector.proj.weight.mul_(3.0)
+    ckpt = checkpoint.save(model, tmp_path / "ckpt", backbone=str(tiny_vlm))
+    test, ref = _pair(tmp_path)
+    want = Engine(model, str(tiny_vlm)).answer(Engine(model, str(tiny_vlm)).encode(Image.open(test), Image.open(ref)),
+                                               "Is there a defect?", max_new_tokens=6)
+    assert run(["infer", str(test), str(ref), "--checkpoint", str(ckpt), "-q", "Is there a defect?", "--json",
+                "--max-new-tokens", "6"]) == 0
+    got = json.loads(capsys.readouterr().out)["answers"][0]
+    assert got["answer"] == want.text and got["p_yes"] == pytest.approx(want.p_yes, abs=1e-5)
+
+
+# ---- the real sage-smol on the real hazelnut photos ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_sage_smol_map_peaks_inside_the_real_defects(hazelnut_root):
+    """On every real hazelnut defect (crack, colour) the Eq. 1 map's peak patch lies inside the mask."""
+    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.images import load_mask, load_rgb
+
+    eng = Engine.load("sage-smol")
+    recs = [r for r in open_dataset(hazelnut_root).records if r.split == "test" and r.is_anomaly]
+    assert len(recs) >= 10
+    inside = 0
+    for r in recs:
+        info = eng.anomaly(eng.encode(load_rgb(r.path()), load_rgb(r.path(r.reference)), []))
+        gh, gw = info["grid"]
+        mask = Image.fromarray(load_mask(r.path(r.defect.mask)).astype(np.uint8) * 255)
+        cells = np.asarray(mask.resize((gw, gh), Image.BOX)) > 0  # [gh, gw]: patches touching the defect
+        inside += bool(cells[tuple(info["peak"])])
+    assert inside == len(recs), f"peak inside the mask for {inside}/{len(recs)} defects"
+
+
+@pytest.mark.slow
+def test_sage_smol_answers_on_a_real_pair(hazelnut_root, tmp_path, capsys):
+    h = hazelnut_root / "hazelnut"
+    test = sorted((h / "test" / "crack").iterdir())[0]
+    ref = sorted((h / "train" / "good").iterdir())[0]
+    rc = run(["infer", str(test), str(ref), "--json", "--max-new-tokens", "24", "--heatmap", str(tmp_path / "h.png")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["backbone"] == "sage-smol"
+    a = out["answers"][0]
+    assert len(a["answer"].split()) >= 3 and 0.0 <= a["p_yes"] <= 1.0 and a["tokens_per_s"] > 0
+    assert out["anomaly"]["grid"] == [8, 8] and len(out["anomaly"]["selected"]) == 16
+    assert Image.open(tmp_path / "h.png").size == Image.open(test).size
