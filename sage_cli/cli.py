@@ -11,7 +11,7 @@ import sys
 import typer
 
 from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, pending, prefs_build, recipes as recipes_cmd
-from sage_cli.commands import infer as infer_cmd, score_mle, serve as serve_cmd
+from sage_cli.commands import bench_speed, infer as infer_cmd, score_mle, serve as serve_cmd
 
 app = typer.Typer(
     name="sage",
@@ -61,6 +61,7 @@ app.command("infer")(infer_cmd.infer)
 facts_app.command("extract")(pending.facts_extract)
 train_app.command("sfe")(pending.train_sfe)
 train_app.command("edpo")(pending.train_edpo)
+bench_app.add_typer(bench_speed.speed_app, name="speed")
 for _fmt in pending.BENCH_FORMATS:
     bench_app.command(_fmt)(pending.bench_command(_fmt))
 

@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's metrics on QA data sets, and speed against plain baselines."""

@@ -1,0 +1,47 @@
+"""`sage bench speed infer`: both sides measured in one run, on prompts of the same length."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from sage_cli.bench.speed import infer_speed
+from sage_cli.cli import run
+from sage_cli.models.engine import Engine
+from sage_cli.models.sage import SageModel
+from tiny_models import save_tiny_internvl, tiny_composed
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _img(seed):
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).byte().numpy())
+
+
+def test_infer_speed_compares_like_with_like():
+    torch.manual_seed(0)
+    eng = Engine(SageModel(tiny_composed()), "tiny")
+    stops = set(eng.stop_ids)
+    res = infer_speed(eng, _img(1), _img(2), ["A fact about widgets."], "Is there a defect?", new_tokens=5, repeats=2)
+    assert eng.stop_ids == stops  # restored after timing
+    assert res["prompt_tokens"] > 50 and res["new_tokens"] == 5
+    for side in ("plain", "sage"):
+        assert res[side]["ttft_s"] > 0 and res[side]["tokens_per_s"] > 0
+    assert res["sage"]["ttft_with_images_s"] > res["sage"]["ttft_s"]
+    assert res["ratios"]["ttft"] == pytest.approx(res["sage"]["ttft_s"] / res["plain"]["ttft_s"])
+    assert res["peak_memory_mb"]["plain_cuda"] is None and res["peak_memory_mb"]["rss_after_sage"] > 0
+
+
+def test_bench_speed_infer_command(tmp_path, capsys):
+    vlm = save_tiny_internvl(tmp_path / "vlm")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _img(1).save(a)
+    _img(2).save(b)
+    out = tmp_path / "speed.json"
+    assert run(["bench", "speed", "infer", "--backbone", str(vlm), "--test", str(a), "--reference", str(b),
+                "--repeats", "1", "--new-tokens", "3", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) and set(printed["ratios"]) == {"ttft", "ttft_with_images", "per_token"}
