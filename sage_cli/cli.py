@@ -11,7 +11,7 @@ import sys
 import typer
 
 from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, pending, prefs_build, recipes as recipes_cmd
-from sage_cli.commands import bench_speed, infer as infer_cmd, score_mle, serve as serve_cmd
+from sage_cli.commands import bench_speed, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd
 
 app = typer.Typer(
     name="sage",
@@ -51,6 +51,7 @@ models_app.command("build")(models_cmd.build)
 
 app.command("env")(env_cmd.env)
 
+facts_app.command("extract")(facts_extract.extract)
 prefs_app.command("build")(prefs_build.build)
 score_app.command("mle")(score_mle.mle)
 app.command("serve")(serve_cmd.serve)
@@ -58,7 +59,6 @@ app.command("infer")(infer_cmd.infer)
 
 # Commands whose work lands with later issues: they resolve their recipe (so --print-config works)
 # and then exit non-zero with one line saying so. No fake output.
-facts_app.command("extract")(pending.facts_extract)
 train_app.command("sfe")(pending.train_sfe)
 train_app.command("edpo")(pending.train_edpo)
 bench_app.add_typer(bench_speed.speed_app, name="speed")

@@ -16,16 +16,6 @@ from sage_cli.errors import PendingError
 BENCH_FORMATS = ("manta", "mpdd", "mmad", "qa", "mvtec")
 
 
-def facts_extract(
-    overrides: list[str] | None = OVERRIDES,
-    recipe: str = recipe_option("default"),
-    print_config: bool = PRINT_CONFIG,
-) -> None:
-    """Generate fact sentences for each image with a VLM and cache them (lands with issue #4)."""
-    resolve(recipe, "facts", overrides, print_config)
-    raise PendingError("sage facts extract", 4)
-
-
 def train_sfe(
     overrides: list[str] | None = OVERRIDES,
     recipe: str = recipe_option("sage-smol"),

@@ -6,17 +6,23 @@ import re
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+_LONGEST_WORD = 30  # longer "words" are a model stuck repeating a syllable, not a fact
 
 
-def split_sentences(text: str, min_words: int = 3) -> list[str]:
-    """Reply text -> fact sentences: split at sentence ends and list items, drop fragments."""
+def split_sentences(text: str, min_words: int = 3, drop: tuple[str, ...] = ()) -> list[str]:
+    """Reply text -> fact sentences: split at sentence ends and list items; drop fragments, sentences in
+    `drop` (an echoed prompt) and degenerate ones (a small model looping inside a word)."""
     out = []
     for line in text.splitlines():
         line = _LIST_MARK.sub("", line).strip()
         for s in _SENTENCE_END.split(line):
             s = s.strip()
-            if len(s.split()) >= min_words:
-                out.append(s if s[-1] in ".!?" else s + ".")
+            words = s.split()
+            if len(words) < min_words or max(len(w) for w in words) > _LONGEST_WORD:
+                continue
+            s = s if s[-1] in ".!?" else s + "."
+            if s not in drop:
+                out.append(s)
     return out
 
 

@@ -44,6 +44,13 @@ class Encoding:
     fact_tokens: list[torch.Tensor] | None  # per sample [L_i, C] after fusion + projection; None unless "fe"
     comparison: Comparison  # Eq. 1 (s [B, P] is None zero-shot)
 
+    def repeat(self, n: int) -> "Encoding":
+        """Each sample n times in a row (several questions per image without re-encoding it)."""
+        rep = lambda t: t.repeat_interleave(n, dim=0) if t is not None else None  # noqa: E731
+        return Encoding(rep(self.v_t), rep(self.v_r), [f for f in self.facts for _ in range(n)],
+                        [t for t in self.fact_tokens for _ in range(n)] if self.fact_tokens is not None else None,
+                        Comparison(rep(self.comparison.s), rep(self.comparison.idx)))
+
 
 @dataclass
 class SageBatch:
@@ -160,10 +167,15 @@ class SageModel(nn.Module):
         """
         b = test_pixels.shape[0]
         enc = self.encode(test_pixels, ref_pixels, facts or [[] for _ in range(b)])
+        return self.assemble(enc, questions, answers, padding_side)
+
+    def assemble(self, enc: Encoding, questions: list[str], answers: list[str] | None = None,
+                 padding_side: str = "right") -> SageBatch:
+        """Sample i of `enc` with questions[i] (and answers[i]) -> the padded batch the LLM sees."""
         tok = self.backbone.tokenizer
         seqs, labs = [], []
-        for i in range(b):
-            pieces, _ = self.prompt_pieces(enc, i, questions[i])
+        for i, question in enumerate(questions):
+            pieces, _ = self.prompt_pieces(enc, i, question)
             labels = [torch.full((p.shape[0],), IGNORE, dtype=torch.long, device=self.device) for p in pieces]
             if answers is not None:
                 ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,

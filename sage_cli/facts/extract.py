@@ -1,0 +1,170 @@
+"""`sage facts extract`: which images to ask about, and asking them (local backbone or an endpoint).
+
+Each finished image becomes one appended record (store.py), so a killed run loses at most the images
+in flight and a rerun asks only for what is missing. Images are keyed by content hash, not by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sage_cli import jsonl
+from sage_cli.errors import SageError
+from sage_cli.facts.store import FACTS_FORMAT, prompt_set_id, read_facts, sha256_file
+from sage_cli.facts.writer import split_sentences
+
+
+@dataclass
+class Target:
+    path: Path  # the file
+    rel: str  # as recorded: relative to the data set root
+    category: str
+    sha256: str = ""
+
+
+def targets(root: Path, fmt: str | None = None, which: str = "test", strict: bool = False) -> list[Target]:
+    """The images of a data set to write facts for, each once: test images (default) or every image."""
+    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.images import IMAGE_SUFFIXES
+
+    root = Path(root)
+    if root.is_dir() and fmt is None and not any(p.is_dir() for p in root.iterdir()):
+        # a plain folder of photos
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise SageError(f"{root}: no images here")
+        return [Target(p, p.name, "") for p in files]
+    ds = open_dataset(root, fmt, strict=strict)
+    found: dict[str, Target] = {}
+    for r in ds.records:
+        if ds.kind == "image":
+            pairs = [(r.image, r.category)] if which == "test" and r.split == "test" else []
+            if which == "all":
+                pairs = [(r.image, r.category)] + ([(r.reference, r.category)] if r.reference else [])
+            base = r.root
+        elif ds.kind == "qa":
+            pairs = [(r.test_image, r.category)]
+            if which == "all" and r.reference_image:
+                pairs.append((r.reference_image, r.category))
+            base = r.root or root
+        else:  # MMAD items
+            pairs = [(r.image, r.category)]
+            base = root
+        for rel, cat in pairs:
+            found.setdefault(str(rel), Target(Path(base, rel), str(rel), cat))
+    if not found:
+        raise SageError(f"{root}: no {'test ' if which == 'test' else ''}images to write facts for")
+    return list(found.values())
+
+
+def context_line(context: str, category: str) -> str:
+    """The recipe's context with the category filled in ("" when either is missing)."""
+    if not context or not category:
+        return ""
+    try:
+        return context.format(category=category.replace("_", " "))
+    except (KeyError, IndexError, ValueError) as e:
+        raise SageError(f"facts recipe: the context {context!r} has a bad placeholder ({e}); use {{category}}")
+
+
+def prompts_for(context: str, prompts: list[str], category: str) -> list[str]:
+    """The recipe's prompts, each after the context line when the category is known."""
+    line = context_line(context, category)
+    return [f"{line} {p}" if line else p for p in prompts]
+
+
+def pending(todo: list[Target], out: Path, model: str, prompt_id: str) -> tuple[list[Target], int]:
+    """Hash the images and drop those with a record for (hash, model, prompt_id) in `out` already."""
+    done = read_facts(out)
+    left, seen = [], set()
+    for t in todo:
+        t.sha256 = sha256_file(t.path)
+        if (t.sha256, model, prompt_id) in done or t.sha256 in seen:
+            continue
+        seen.add(t.sha256)
+        left.append(t)
+    return left, len(todo) - len(left)
+
+
+def record(t: Target, model: str, prompt_id: str, prompts: list[str], replies: list[str], limit: int,
+           context: str = "") -> dict:
+    echo = tuple(split_sentences(context_line(context, t.category))) if context else ()
+    facts: list[str] = []
+    for reply in replies:
+        for s in split_sentences(reply, drop=echo):
+            if s not in facts:
+                facts.append(s)
+    return {"format": FACTS_FORMAT, "image": t.rel, "image_sha256": t.sha256, "model": model,
+            "prompt_id": prompt_id, "category": t.category, "prompts": prompts, "facts": facts[:limit],
+            "replies": replies}
+
+
+def run_local(engine, todo: list[Target], out: Path, recipe, model: str, prompt_id: str, limit: int,
+              on_image=None) -> int:
+    """Batches of images; each batch's images are encoded once and all their prompts decoded together."""
+    import torch
+
+    from sage_cli.data.images import load_rgb
+
+    m = engine.model
+    written = 0
+    for start in range(0, len(todo), recipe.batch_size):
+        batch = todo[start:start + recipe.batch_size]
+        asks = [prompts_for(recipe.context, recipe.prompts, t.category) for t in batch]
+        n = len(recipe.prompts)
+        pixels = m.backbone.preprocess([load_rgb(t.path) for t in batch])  # [b, 3, H, W]
+        with torch.no_grad():
+            enc = m.encode(pixels, None, [[] for _ in batch]).repeat(n)  # zero-shot, no facts: [b*n, ...]
+            built = m.assemble(enc, [q for qs in asks for q in qs], padding_side="left")
+            replies = m.generate(built, max_new_tokens=recipe.max_new_tokens, **_sampling(recipe))
+        for i, t in enumerate(batch):
+            jsonl.append(out, [record(t, model, prompt_id, asks[i], replies[i * n:(i + 1) * n], limit,
+                                      recipe.context)])
+            written += 1
+            if on_image:
+                on_image()
+    return written
+
+
+def _sampling(recipe) -> dict:
+    return {"do_sample": True, "temperature": recipe.temperature} if recipe.temperature > 0 else {}
+
+
+def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_id: str, limit: int,
+                 on_image=None) -> tuple[int, list[str]]:
+    """Images in parallel (at most the endpoint's concurrency); each image's prompts in turn.
+
+    A request the server rejects skips that image (listed in the returned failures, retried on the next
+    run); an endpoint that cannot serve at all (auth, unknown model) stops the run.
+    """
+    from sage_cli.endpoint import RequestRejected, image_part
+
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def one(t: Target) -> int:
+        asks = prompts_for(recipe.context, recipe.prompts, t.category)
+        try:
+            part = image_part(t.path)  # one encoding of the image, sent with every prompt
+            replies = [ep.chat([{"role": "user", "content": [{"type": "text", "text": q}, part]}],
+                               max_tokens=recipe.max_new_tokens, temperature=recipe.temperature) for q in asks]
+        except RequestRejected as e:
+            with lock:
+                failures.append(f"{t.rel}: {e}")
+            return 0
+        with lock:  # one writer at a time keeps lines whole
+            jsonl.append(out, [record(t, model, prompt_id, asks, replies, limit, recipe.context)])
+        if on_image:
+            on_image()
+        return 1
+
+    pool = ThreadPoolExecutor(max_workers=ep.concurrency)
+    try:
+        futures = [pool.submit(one, t) for t in todo]
+        written = sum(f.result() for f in futures)  # the first fatal endpoint error stops the run
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return written, failures
