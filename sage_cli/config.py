@@ -118,13 +118,33 @@ class FactsRecipe:
     description: str = ""
     backbone: str = "sage-smol"  # used when endpoint.base_url is not set
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    # Put before every prompt when the image's category is known ({category} is filled in): a small
+    # local model that reads images poorly still writes facts about the right kind of object.
+    context: str = ""
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: int = 64
     temperature: float = 0.0
     batch_size: int = 4
 
 
-SCHEMAS: dict[str, type] = {"sfe": SFERecipe, "edpo": EDPORecipe, "facts": FactsRecipe}
+@dataclass
+class ScoreRecipe:
+    """The MLE judge (`sage score mle`): an LLM rates each ranked answer on type, location and logic."""
+
+    kind: Literal["score"] = "score"
+    description: str = ""
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    rubric: str = ""  # the system prompt, sent as written
+    # The user message; placeholders: {category} {level} {question} {truth} {defect} {conclusion}
+    # {reference} (the top-ranked option) {answer} (the option being scored). Literal braces: {{ }}.
+    template: str = ""
+    max_tokens: int = 200
+    temperature: float = 0.0
+    retries_malformed: int = 2  # a reply that is not the JSON asked for is asked again this many times
+    json_mode: bool = False  # also send response_format={"type": "json_object"} (not every server has it)
+
+
+SCHEMAS: dict[str, type] = {"sfe": SFERecipe, "edpo": EDPORecipe, "facts": FactsRecipe, "score": ScoreRecipe}
 
 # ---------------------------------------------------------------------------------------------
 # Finding recipes
