@@ -64,14 +64,14 @@ def read_qa_jsonl(
     root: Path | str | None = None,
     check_images: bool = False,
 ) -> Iterator[QAGroup]:
-    """The QA groups of one file, ``root`` set (default: the file's folder).
+    """The QA groups of one file, ``root`` set (default: the root its folder's manifest names, else the folder).
 
     A line that is not JSON (e.g. torn by an interrupted write), has another format, misses a field,
     or has an image path that escapes the root or names no file is reported to ``problems``
     (None = strict) and skipped.
     """
     path = Path(path)
-    root = Path(root) if root is not None else path.parent
+    root = Path(root) if root is not None else manifest_root(path.parent) or path.parent
     problems = problems if problems is not None else Problems(strict=True)
     try:
         name = path.resolve().relative_to(root.resolve()).as_posix()
@@ -142,10 +142,27 @@ def _parse(line: str, root: Path, problems: Problems, where: str, check: bool) -
 
 
 def read_qa_dir(root: Path | str, problems: Problems | None = None, *, check_images: bool = False) -> Iterator[QAGroup]:
-    """The QA groups of every sage-qa ``.jsonl`` file directly in ``root`` (paths relative to root)."""
+    """The QA groups of every sage-qa ``.jsonl`` file directly in ``root`` (paths relative to root, or to
+    the data set root its manifest names)."""
     root = Path(root)
+    base = manifest_root(root) or root
     for p in qa_files(root):
-        yield from read_qa_jsonl(p, problems, root=root, check_images=check_images)
+        yield from read_qa_jsonl(p, problems, root=base, check_images=check_images)
+
+
+MANIFESTS = ("prefs.json", "score.json")  # written beside QA / pair files by `sage prefs build` / `sage score mle`
+
+
+def manifest_root(folder: Path | str) -> Path | None:
+    """The data set root a manifest in `folder` records (QA files keep image paths relative to it)."""
+    for name in MANIFESTS:
+        try:
+            root = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get("root")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if root:
+            return Path(root)
+    return None
 
 
 def write_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:
