@@ -73,7 +73,8 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs"
     log_every: int = 10
-    save_every: int | None = None
+    save_every: int | None = None  # optimizer steps between resumable states (None = only the final checkpoint)
+    feature_cache: bool = True  # keep the frozen encoder's features of each image (memory + disk)
 
 
 @dataclass
@@ -166,8 +167,27 @@ def list_recipes() -> dict[str, Path]:
     for d in recipe_dirs():
         for p in sorted(d.rglob("*.yaml")):
             name = p.relative_to(d).with_suffix("").as_posix()
-            found.setdefault(name, p)
+            if not name.startswith(ACCELERATE_DIR + "/"):  # launcher configs, not recipes
+                found.setdefault(name, p)
     return found
+
+
+ACCELERATE_DIR = "accelerate"
+
+
+def find_accelerate_config(name_or_path: str) -> Path:
+    """An accelerate launcher config: a path, or a name shipped under recipes/accelerate/."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml", ".json") and p.is_file():
+        return p
+    shipped = {}
+    for d in recipe_dirs():
+        for q in sorted((d / ACCELERATE_DIR).glob("*.yaml")):
+            shipped.setdefault(q.stem, q)
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise SageError(f"no accelerate config {name_or_path!r} (shipped: {', '.join(shipped) or 'none'}; or give a path)"
+                    f"{_hint(name_or_path, list(shipped))}")
 
 
 def find_recipe(name_or_path: str, kind: str | None = None) -> Path:

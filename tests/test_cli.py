@@ -37,8 +37,6 @@ def test_help_is_fast_and_imports_nothing_heavy():
 @pytest.mark.parametrize(
     "argv, issue",
     [
-        (["train", "sfe"], 5),
-        (["train", "edpo"], 5),
         (["bench", "manta", "--root", "x"], 6),
     ],
 )

@@ -10,30 +10,10 @@ from pathlib import Path
 
 import typer
 
-from sage_cli.commands.recipe_opts import OVERRIDES, PRINT_CONFIG, recipe_option, resolve
+
 from sage_cli.errors import PendingError
 
 BENCH_FORMATS = ("manta", "mpdd", "mmad", "qa", "mvtec")
-
-
-def train_sfe(
-    overrides: list[str] | None = OVERRIDES,
-    recipe: str = recipe_option("sage-smol"),
-    print_config: bool = PRINT_CONFIG,
-) -> None:
-    """Stage 1, Self-Guided Fact Enhancement: cross-entropy on answers (lands with issue #5)."""
-    resolve(recipe, "sfe", overrides, print_config)
-    raise PendingError("sage train sfe", 5)
-
-
-def train_edpo(
-    overrides: list[str] | None = OVERRIDES,
-    recipe: str = recipe_option("sage-smol"),
-    print_config: bool = PRINT_CONFIG,
-) -> None:
-    """Stage 2, entropy-aware DPO from an SFE checkpoint (lands with issue #5)."""
-    resolve(recipe, "edpo", overrides, print_config)
-    raise PendingError("sage train edpo", 5)
 
 
 def bench_command(fmt: str):

@@ -197,7 +197,7 @@ def _run(judge, cfg, recipe_name: str, qa_path: Path, groups, run_groups, out: P
     manifest = {
         "format": MANIFEST_FORMAT, "sage_version": __version__, "judge": name, "judge_kind": judge.kind,
         "recipe": recipe_name, "rubric_sha": digest, "config": config,
-        "qa_file": str(qa_path.resolve()), "root": str(qa_path.resolve().parent),
+        "qa_file": str(qa_path.resolve()), "root": str(Path(groups[0].root).resolve()),
         "files": {"scores": scores_path.name, "pairs": pairs_path.name},
     }
     out.mkdir(parents=True, exist_ok=True)

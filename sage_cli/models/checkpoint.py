@@ -30,7 +30,7 @@ def trained_state(model) -> dict:
     return state
 
 
-def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None) -> Path:
+def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, lora: dict | None = None) -> Path:
     """Write a checkpoint directory atomically (a temp dir renamed into place)."""
     from safetensors.torch import save_file
 
@@ -46,6 +46,9 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None) -
             "fusion_heads": model.fusion.heads,
             "fusion_values": model.fusion.values,
         },
+        "lora": lora,  # LoRA settings when the LLM was trained with LoRA (loading injects it first)
+        # a composed backbone's adapter grid depends on its input size (HF VLMs fix theirs in their config)
+        "image_size": size if isinstance(size := getattr(model.backbone, "image_size", None), int) else None,
         **(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -80,6 +83,10 @@ def load_into(model, ckpt_dir: str | Path, backbone: str) -> dict:
     config = read_config(ckpt_dir)
     if config["backbone"] != backbone:
         raise SageError(f"{ckpt_dir}: checkpoint is for backbone {config['backbone']!r}, not {backbone!r}")
+    if config.get("lora"):
+        from sage_cli.models import lora
+
+        lora.apply_from(model, config["lora"])
     try:
         state = load_file(str(Path(ckpt_dir) / WEIGHTS))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files

@@ -113,9 +113,16 @@ class SageModel(nn.Module):
     def encode(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None,
                facts: list[list[str]]) -> Encoding:
         """Images [B, 3, H, W] (ref None = zero-shot) and fact sentences -> everything but the question."""
+        with torch.no_grad():  # the vision encoder is frozen
+            f_t = self.backbone.vision_features(test_pixels.to(self.device))  # [B, N, D]
+            f_r = self.backbone.vision_features(ref_pixels.to(self.device)) if ref_pixels is not None else None
+        return self.encode_features(f_t, f_r, facts)
+
+    def encode_features(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]]) -> Encoding:
+        """Like `encode`, from the frozen encoder's features [B, N, D] (training caches them)."""
         facts = [list(f[: self.num_facts]) for f in facts]
-        v_t = self.backbone.encode_images(test_pixels.to(self.device))  # [B, P, C]
-        v_r = self.backbone.encode_images(ref_pixels.to(self.device)) if ref_pixels is not None else None
+        v_t = self.backbone.adapt(f_t.to(self.device))  # [B, P, C]
+        v_r = self.backbone.adapt(f_r.to(self.device)) if f_r is not None else None
         fact_tokens = None
         if self.facts_mode == "fe" and any(facts):
             t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
@@ -196,9 +203,9 @@ class SageModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: SageBatch, max_new_tokens: int = 128, **kwargs) -> list[str]:
         lm, tok = self.backbone.language_model, self.backbone.tokenizer
+        kwargs = {"do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, **kwargs}
         out = lm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                          eos_token_id=tok.eos_token_id, **kwargs)
+                          max_new_tokens=max_new_tokens, **kwargs)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
 

@@ -1,0 +1,155 @@
+"""`sage train sfe` and `sage train edpo`: the two training stages (thin wrappers over sage_cli.train)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sage_cli.commands.recipe_opts import OVERRIDES, PRINT_CONFIG, recipe_option
+
+TRAIN = typer.Option(None, "--train", help="Training data (sets data.train): QA groups for sfe, pairs.jsonl for edpo.")
+VAL = typer.Option(None, "--val", help="Validation data of the same kind (sets data.val).")
+FACTS = typer.Option(None, "--facts", help="Facts JSON Lines from `sage facts extract` (sets data.facts).")
+ROOT = typer.Option(None, "--root", help="Folder the data's image paths are relative to (sets data.root).")
+CKPT = typer.Option(None, "--checkpoint", help="Start from this sage checkpoint (sets model.checkpoint).")
+OUT = typer.Option(None, "--out", help="Run folder (sets train.output_dir).")
+RESUME = typer.Option("no", "--resume", help="auto: continue the run in --out from its latest saved state; no: start fresh.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Start again in a run folder that holds an earlier run.")
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (data, trainable parameters per part, steps); train nothing.")
+ACCEL = typer.Option(None, "--accelerate-config", help="Relaunch under `accelerate launch` with this config: a shipped name (cpu-2, ddp, fsdp, deepspeed-zero2) or a path.")
+
+
+def sfe(overrides: Optional[list[str]] = OVERRIDES, recipe: str = recipe_option("sage-smol"),
+        train: Optional[Path] = TRAIN, val: Optional[Path] = VAL, facts: Optional[Path] = FACTS,
+        root: Optional[Path] = ROOT, checkpoint: Optional[Path] = CKPT, out: Optional[Path] = OUT,
+        resume: str = RESUME, overwrite: bool = OVERWRITE, dry_run: bool = DRY_RUN,
+        accelerate_config: Optional[str] = ACCEL, print_config: bool = PRINT_CONFIG) -> None:
+    """Stage 1, Self-Guided Fact Enhancement: cross-entropy on the best-ranked answers of QA groups.
+
+    Trains the adapter, the fusion layer and its projection, and the LLM (LoRA or full); the vision
+    encoder is frozen and its features are cached per image. Runs on one CPU, one GPU, or many
+    processes under `accelerate launch` (or --accelerate-config). The run folder gets recipe.yaml,
+    metrics.jsonl, resumable states (train.save_every) and the final checkpoint/.
+    """
+    _train("sfe", locals())
+
+
+def edpo(overrides: Optional[list[str]] = OVERRIDES, recipe: str = recipe_option("sage-smol"),
+         train: Optional[Path] = TRAIN, val: Optional[Path] = VAL, facts: Optional[Path] = FACTS,
+         root: Optional[Path] = ROOT, checkpoint: Optional[Path] = CKPT, out: Optional[Path] = OUT,
+         resume: str = RESUME, overwrite: bool = OVERWRITE, dry_run: bool = DRY_RUN,
+         accelerate_config: Optional[str] = ACCEL, print_config: bool = PRINT_CONFIG) -> None:
+    """Stage 2, entropy-aware DPO from an SFE checkpoint on the pairs of `sage score mle`.
+
+    The policy (adapter + LLM; the fusion layer frozen) starts from the SFE checkpoint, which is also
+    the reference: its log-probabilities of every chosen / rejected answer are computed once before
+    training. Loss per pair: -log σ(β[Δlog π_chosen − Δlog π_rejected] − η·ΔH); η = 0 with
+    edpo.pairs=min (or max) is plain DPO.
+    """
+    _train("edpo", locals())
+
+
+def _train(stage: str, a: dict) -> None:
+    from sage_cli.config import load_recipe, to_yaml
+    from sage_cli.errors import SageError
+
+    if a["resume"] not in ("auto", "no"):
+        raise SageError(f"--resume must be auto or no, not {a['resume']!r}")
+    overrides = list(a["overrides"] or [])
+    for flag, key in (("train", "data.train"), ("val", "data.val"), ("facts", "data.facts"), ("root", "data.root"),
+                      ("checkpoint", "model.checkpoint"), ("out", "train.output_dir")):
+        if a[flag] is not None:
+            overrides.append(f"{key}={a[flag]}")
+    cfg = load_recipe(a["recipe"], stage, overrides)
+    if a["print_config"]:
+        typer.echo(to_yaml(cfg), nl=False)
+        raise typer.Exit(0)
+    if a["accelerate_config"] and not _launched():
+        _relaunch(a["accelerate_config"])
+
+    from rich.console import Console
+
+    from sage_cli.train.trainer import Run, prepare_run_dir
+
+    console = Console(stderr=True, soft_wrap=True)
+    run_dir = Path(cfg.train.output_dir)
+    run = Run(stage, cfg, run_dir, feature_cache=cfg.train.feature_cache)
+    main = run.accelerator.is_main_process
+    if main:
+        _print_plan(console, run)
+    if a["dry_run"]:
+        return
+    if main:
+        prepare_run_dir(run_dir, to_yaml(cfg), a["resume"] == "auto", a["overwrite"])
+    run.accelerator.wait_for_everyone()
+    summary = _with_progress(run, console, main, resume=a["resume"] == "auto")
+    if main:
+        val = summary.get("val")
+        extra = f" · val loss {val['loss']:.4f}" if val else ""
+        console.print(f"{stage}: {summary['steps']} steps in {summary['train_s']:.1f} s "
+                      f"({summary['samples_per_s']:.2f} samples/s){extra}\ncheckpoint: {summary['checkpoint']}\n"
+                      f"metrics: {run_dir / 'metrics.jsonl'}")
+
+
+def _with_progress(run, console, main: bool, resume: bool) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = (TextColumn(f"{run.stage}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn())
+    with Progress(*cols, console=console, disable=not main, transient=False) as bar:
+        task = bar.add_task(run.stage, total=run.plan.total_steps, info="")
+
+        def progress(step, rec):
+            info = f"loss {rec['loss']:.4f} · {rec['samples_per_s']:.2f} samples/s"
+            if "rewards/accuracy" in rec:
+                info += f" · acc {rec['rewards/accuracy']:.2f}"
+            bar.update(task, completed=step, info=info)
+
+        return run.run(resume=resume, progress=progress, log=console.print)
+
+
+def _print_plan(console, run) -> None:
+    from rich.table import Table
+
+    p = run.plan
+    t = Table(title=f"sage train {p.stage} · {run.recipe.model.backbone}", show_header=True)
+    t.add_column("part")
+    t.add_column("trainable", justify="right")
+    t.add_column("frozen", justify="right")
+    for part in sorted(set(p.trainable) | set(p.frozen)):
+        t.add_row(part, f"{p.trainable.get(part, 0):,}", f"{p.frozen.get(part, 0):,}")
+    console.print(t)
+    console.print(f"data: {p.examples} training examples, {p.val_examples} validation · {p.world_size} process(es) × "
+                  f"batch {p.batch_size} × accumulation {p.grad_accum} = {p.global_batch} per step · "
+                  f"{p.steps_per_epoch} steps per epoch · {p.total_steps} steps")
+
+
+def _launched() -> bool:
+    """Inside `accelerate launch` / torchrun already (they set these)."""
+    return "LOCAL_RANK" in os.environ or "ACCELERATE_PROCESS_INDEX" in os.environ
+
+
+def _relaunch(config: str) -> None:
+    """Run this same command again under `accelerate launch --config_file CONFIG`, without the flag."""
+    import subprocess
+
+    from sage_cli.config import find_accelerate_config
+
+    path = find_accelerate_config(config)
+    argv, skip = [], False
+    for i, arg in enumerate(sys.argv[1:]):
+        if skip:
+            skip = False
+            continue
+        if arg == "--accelerate-config":
+            skip = True
+            continue
+        if arg.startswith("--accelerate-config="):
+            continue
+        argv.append(arg)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "sage_cli", *argv]
+    raise typer.Exit(subprocess.call(cmd))

@@ -1,0 +1,44 @@
+"""The module each training step runs (and DDP wraps): cached features + text -> loss terms.
+
+Everything trainable (adapter, fusion, projection, LLM) runs inside `forward`, so data-parallel
+wrappers see the whole step. The frozen encoder is not here: its features come from the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sage_cli.train.losses import sequence_logps
+
+
+class SFEObjective(nn.Module):
+    """Stage 1: cross-entropy on the answer tokens (Eq. 8)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]], questions: list[str],
+                answers: list[str]) -> torch.Tensor:
+        m = self.model
+        batch = m.assemble(m.encode_features(f_t, f_r, facts), questions, answers)
+        return m(batch).loss
+
+
+class PairLogps(nn.Module):
+    """Stage 2: log π(chosen | x) and log π(rejected | x) of each pair, one forward for both ([B] each)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]], questions: list[str],
+                chosen: list[str], rejected: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        enc = m.encode_features(f_t, f_r, facts).repeat(2)  # sample i at rows 2i (chosen) and 2i+1 (rejected)
+        answers = [a for pair in zip(chosen, rejected) for a in pair]
+        batch = m.assemble(enc, [q for q in questions for _ in range(2)], answers)
+        out = m.backbone.language_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
+        logps = sequence_logps(out.logits, batch.labels).view(-1, 2)  # [B, 2]
+        return logps[:, 0], logps[:, 1]

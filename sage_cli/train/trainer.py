@@ -1,0 +1,506 @@
+"""Both training stages on `accelerate`: one CPU process, one GPU, or many processes (DDP, FSDP, ZeRO).
+
+A run directory holds everything of one run:
+
+    recipe.yaml          the resolved recipe
+    metrics.jsonl        one line per logged step (appended; after a resume a step may appear twice,
+                         the last line wins)
+    ref_logps.safetensors  E-DPO only: log π_ref of every chosen / rejected answer, computed once
+    state/step-N/        what resuming needs: trained weights, optimizer, scheduler, RNG, position
+    checkpoint/          the final sage checkpoint (only what was trained), for `sage infer` / stage 2
+
+Data order is a seeded permutation per epoch, split into global batches; process r takes the r-th
+slice of each, so ranks see different examples and a resumed run replays the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sage_cli import jsonl
+from sage_cli.atomic import swap_in_dir, write_text
+from sage_cli.errors import SageError
+
+STATE_KEEP = 2  # resumable states kept on disk (older ones are deleted)
+
+
+@dataclass
+class Plan:
+    stage: str
+    examples: int
+    val_examples: int
+    world_size: int
+    batch_size: int  # per process
+    grad_accum: int
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    trainable: dict = field(default_factory=dict)  # part -> trainable parameter count
+    frozen: dict = field(default_factory=dict)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+
+def build_model(recipe, stage: str, dtype: torch.dtype, device):
+    """SageModel for the recipe: backbone, SAGE settings, the start checkpoint, LoRA, and what trains.
+
+    Stage 1 trains adapter + fusion + projection + LLM (LoRA or full); stage 2 the adapter + LLM with
+    the fusion layer and projection frozen. The vision encoder is always frozen.
+    """
+    from sage_cli.models import checkpoint as ckpt
+    from sage_cli.models import lora
+    from sage_cli.models.registry import load_backbone
+    from sage_cli.models.sage import SageModel
+
+    mc = recipe.model
+    start = mc.checkpoint
+    config = ckpt.read_config(start) if start else {}
+    if start and config["backbone"] != mc.backbone:
+        raise SageError(f"{start}: checkpoint is for backbone {config['backbone']!r}, but the recipe's "
+                        f"model.backbone is {mc.backbone!r}")
+    if stage == "edpo" and not start:
+        raise SageError("E-DPO starts from an SFE checkpoint: set model.checkpoint (or --checkpoint)")
+    sage = config.get("sage") or {"facts_mode": mc.facts_mode, "num_facts": mc.num_facts, "k_patches": mc.k_patches,
+                                  "fusion_heads": mc.fusion_heads, "fusion_values": mc.fusion_values}
+    bb = load_backbone(mc.backbone, dtype=dtype, image_size=config.get("image_size") or mc.image_size)
+    model = SageModel(bb, **sage)
+    lora_settings = config.get("lora")
+    if start:
+        ckpt.load_into(model, start, mc.backbone)  # injects the checkpoint's LoRA first, if it has one
+    elif recipe.lora.enabled:
+        lora_settings = lora.apply(model, **lora.settings_of(recipe.lora))
+    model.requires_grad_(False)
+    for name, p in model.named_parameters():
+        part = _part_of(name)
+        if part in ("adapter",) or (part in ("fusion", "projector") and stage == "sfe"):
+            p.requires_grad_(True)
+        elif part == "llm":
+            p.requires_grad_("lora_" in name if lora_settings else True)
+    # trainable weights stay float32 (AdamW states in bf16 lose small updates); frozen ones keep `dtype`
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if recipe.train.gradient_checkpointing:
+        bb.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device), lora_settings
+
+
+_PARTS = {"vision": "vision", "adapter": "adapter", "language_model": "llm"}
+
+
+def _part_of(name: str) -> str:
+    """Which part a SageModel parameter belongs to, from its name (backbone.<attribute>..., fusion..., ...)."""
+    head, _, rest = name.partition(".")
+    if head in ("fusion", "projector"):
+        return head
+    return _PARTS.get(rest.partition(".")[0], "other") if head == "backbone" else "other"
+
+
+def count_parameters(model) -> tuple[dict, dict]:
+    trainable: dict[str, int] = {}
+    frozen: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        d = trainable if p.requires_grad else frozen
+        d[_part_of(name)] = d.get(_part_of(name), 0) + p.numel()
+    return trainable, frozen
+
+
+# ---- data order -----------------------------------------------------------------------------------
+
+
+def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, world: int, rank: int) -> list[list[int]]:
+    """This process's micro-batches of one epoch: a seeded permutation cut into global batches of
+    batch_size * world; process `rank` takes slice `rank` of each. The last global batch is filled by
+    wrapping around, so every process runs the same number of steps (DDP needs that)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    glob = batch_size * world
+    if len(order) % glob:
+        order += order[: glob - len(order) % glob]
+    return [order[i + rank * batch_size: i + (rank + 1) * batch_size] for i in range(0, len(order), glob)]
+
+
+def make_plan(stage: str, n: int, n_val: int, recipe, world: int) -> Plan:
+    tc = recipe.train
+    micro = math.ceil(n / (tc.batch_size * world))
+    per_epoch = max(1, micro // tc.grad_accum)
+    total = tc.max_steps if tc.max_steps else per_epoch * tc.epochs
+    return Plan(stage, n, n_val, world, tc.batch_size, tc.grad_accum, per_epoch, total)
+
+
+# ---- resumable state ------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(accelerator, run_dir: Path, model, optimizer, scheduler, progress: dict) -> Path:
+    """state/step-N: the trained weights, optimizer, scheduler, each process's RNG, where the run is.
+
+    Written to a temporary folder and renamed into place, so a kill leaves the previous state whole.
+    """
+    from safetensors.torch import save_file
+
+    from sage_cli.models.checkpoint import trained_state
+
+    states = run_dir / "state"
+    final = states / f"step-{progress['step']:07d}"
+    tmp = states / f".step-{progress['step']:07d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()},
+                  str(tmp / "trained.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(progress), encoding="utf-8")  # last: marks it complete
+        swap_in_dir(tmp, final)
+        for old in sorted(states.glob("step-*"))[:-STATE_KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    done = [d for d in sorted((run_dir / "state").glob("step-*")) if (d / "progress.json").is_file()]
+    return done[-1] if done else None
+
+
+def load_state(accelerator, state_dir: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    trained = load_file(str(state_dir / "trained.safetensors"))
+    own = dict(model.named_parameters())
+    names = _trained_names(model)
+    with torch.no_grad():
+        for key, tensor in trained.items():
+            own[names[key]].copy_(tensor)
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
+    rng = state_dir / f"rng-{accelerator.process_index}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return json.loads((state_dir / "progress.json").read_text(encoding="utf-8"))
+
+
+def _trained_names(model) -> dict[str, str]:
+    """checkpoint.trained_state key -> the parameter's name in `model`."""
+    prefixes = {"adapter.": "backbone.adapter.", "fusion.": "fusion.", "projector.": "projector.",
+                "llm.": "backbone.language_model."}
+    out = {}
+    for name, _ in model.named_parameters():
+        for short, full in prefixes.items():
+            if name.startswith(full):
+                out[short + name[len(full):]] = name
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _accelerator(recipe):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # find_unused_parameters: a batch whose images have no facts leaves the fusion layer unused
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=PRECISION[recipe.train.precision], kwargs_handlers=[ddp])
+
+
+def _dtype(recipe, device) -> torch.dtype:
+    """Frozen weights in bf16 on a GPU when the recipe asks for bf16; float32 otherwise."""
+    if recipe.train.precision == "bf16" and device.type == "cuda":
+        return torch.bfloat16
+    if recipe.train.precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+def load_examples(stage: str, recipe):
+    from sage_cli.train import examples as ex
+
+    d = recipe.data
+    if not d.train:
+        kind = "QA groups (`sage prefs build`)" if stage == "sfe" else "preference pairs (`sage score mle`)"
+        raise SageError(f"no training data: set data.train (or --train) to a JSON Lines file of {kind}")
+    facts = ex.FactsIndex(d.facts)
+    if stage == "sfe":
+        train = ex.sfe_examples(d.train, d.root, facts, d.shots)
+        val = ex.sfe_examples(d.val, d.root, facts, d.shots) if d.val else []
+    else:
+        train = ex.pair_examples(d.train, d.root, facts, d.shots, recipe.edpo.pairs)
+        val = ex.pair_examples(d.val, d.root, facts, d.shots, recipe.edpo.pairs) if d.val else []
+    return train, val
+
+
+class Run:
+    """One training run of either stage; `run()` trains, `plan` says what it would do."""
+
+    def __init__(self, stage: str, recipe, run_dir: Path, ref_mode: str = "cached", feature_cache: bool = True,
+                 cache_root: Path | None = None):
+        if stage not in ("sfe", "edpo"):
+            raise ValueError(stage)
+        self.stage, self.recipe, self.run_dir = stage, recipe, Path(run_dir)
+        self.ref_mode = ref_mode  # "cached" (computed once) or "model" (a frozen copy run every step)
+        self.train_set, self.val_set = load_examples(stage, recipe)
+        self.accelerator = _accelerator(recipe)
+        acc = self.accelerator
+        self.plan = make_plan(stage, len(self.train_set), len(self.val_set), recipe, acc.num_processes)
+        self.model, self.lora = build_model(recipe, stage, _dtype(recipe, acc.device), acc.device)
+        self.plan.trainable, self.plan.frozen = count_parameters(self.model)
+        from sage_cli.models.cache import cache_root as default_cache
+        from sage_cli.train.features import FeatureCache
+
+        self.features = FeatureCache(self.model.backbone, cache_root or default_cache(), enabled=feature_cache)
+
+    # -- batches
+
+    def _inputs(self, idx: list[int], data) -> dict:
+        exs = [data[i] for i in idx]
+        f_t = self.features.get([e.test for e in exs])
+        refs = [e.reference for e in exs]
+        if any(r is None for r in refs) and not all(r is None for r in refs):
+            raise SageError("a batch mixes one-shot and zero-shot examples; use data.shots=0 or give every "
+                            "group a reference")
+        f_r = self.features.get(refs) if refs[0] is not None else None
+        out = {"f_t": f_t, "f_r": f_r, "facts": [e.facts for e in exs], "questions": [e.question for e in exs]}
+        if self.stage == "sfe":
+            out["answers"] = [e.answer for e in exs]
+        else:
+            out.update(chosen=[e.chosen for e in exs], rejected=[e.rejected for e in exs])
+        return out
+
+    # -- E-DPO reference
+
+    @torch.no_grad()
+    def reference_logps(self, data, pair_logps) -> torch.Tensor:
+        """log π_ref(chosen), log π_ref(rejected) of every pair [N, 2] with the starting (SFE) model in eval
+        mode; exact to reuse because the encoder is frozen. Cached in the run folder, keyed by the pairs."""
+        import hashlib
+
+        from safetensors.torch import load_file, save_file
+
+        path = self.run_dir / "ref_logps.safetensors"
+        digest = hashlib.sha256(json.dumps([[e.key, e.chosen, e.rejected] for e in data]).encode()).hexdigest()
+        if path.is_file():
+            saved = load_file(str(path))
+            if saved.get("digest_", torch.tensor([])).numel() and bytes(saved["digest_"].tolist()).decode() == digest:
+                return saved["logps"]
+        was = self.model.training
+        self.model.eval()
+        out = torch.zeros(len(data), 2)
+        bs = self.recipe.train.batch_size
+        for start in range(0, len(data), bs):
+            idx = list(range(start, min(start + bs, len(data))))
+            with self.accelerator.autocast():
+                c, r = pair_logps(**self._inputs(idx, data))
+            out[start:start + len(idx), 0], out[start:start + len(idx), 1] = c.float().cpu(), r.float().cpu()
+        self.model.train(was)
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            from sage_cli.atomic import replacing
+
+            with replacing(path) as tmp:
+                save_file({"logps": out, "digest_": torch.tensor(list(digest.encode()), dtype=torch.uint8)}, str(tmp))
+        return out
+
+    # -- training
+
+    def run(self, resume: bool = False, progress=None, log=None) -> dict:
+        """Train to the end of the plan; returns the final summary. `progress(step, metrics)` is called
+        after each optimizer step on the main process."""
+        from torch.optim import AdamW
+        from transformers import get_linear_schedule_with_warmup
+
+        from sage_cli.train.losses import edpo_loss
+        from sage_cli.train.objective import PairLogps, SFEObjective
+
+        acc, rc, plan = self.accelerator, self.recipe, self.plan
+        torch.manual_seed(rc.train.seed)
+        random.seed(rc.train.seed)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = AdamW(params, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(rc.optim.warmup_steps, plan.total_steps),
+                                                    plan.total_steps)
+        objective = SFEObjective(self.model) if self.stage == "sfe" else PairLogps(self.model)
+        ref = None
+        if self.stage == "edpo":
+            if self.ref_mode == "cached":
+                ref = self.reference_logps(self.train_set, objective)
+            else:
+                import copy
+
+                ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+                ref_objective = PairLogps(ref_model)
+        wrapped, optimizer = acc.prepare(objective, optimizer)
+
+        step, epoch, skip = 0, 0, 0
+        if resume:
+            state = latest_state(self.run_dir)
+            if state is not None:
+                pos = load_state(acc, state, self.model, optimizer, scheduler)
+                step, epoch, skip = pos["step"], pos["epoch"], pos["batch"]
+                if log:
+                    log(f"resumed from {state} (step {step})")
+        metrics_path = self.run_dir / "metrics.jsonl"
+        t_start = time.perf_counter()
+        samples = 0
+        self.model.train()
+        self.model.backbone.parts()["vision"].eval()
+        while step < plan.total_steps:
+            batches = epoch_batches(len(self.train_set), rc.train.seed, epoch, plan.batch_size, plan.world_size,
+                                    acc.process_index)
+            usable = len(batches) - len(batches) % plan.grad_accum  # whole optimizer steps only
+            b = skip
+            skip = 0
+            while b < usable and step < plan.total_steps:
+                t0 = time.perf_counter()
+                logs: dict[str, float] = {}
+                for micro in range(plan.grad_accum):
+                    idx = batches[b + micro]
+                    inputs = self._inputs(idx, self.train_set)
+                    with acc.autocast():
+                        if self.stage == "sfe":
+                            loss = wrapped(**inputs)
+                        else:
+                            pc, pr = wrapped(**inputs)
+                            if ref is not None:
+                                rc_, rr_ = ref[idx, 0].to(pc.device), ref[idx, 1].to(pc.device)
+                            else:
+                                with torch.no_grad():
+                                    rc_, rr_ = ref_objective(**inputs)
+                            dh = torch.tensor([self.train_set[i].delta_h for i in idx], device=pc.device)
+                            loss, stats = edpo_loss(pc, pr, rc_, rr_, dh, rc.edpo.beta, rc.edpo.eta)
+                            for k, v in stats.items():
+                                logs[k] = logs.get(k, 0.0) + v / plan.grad_accum
+                    logs["loss"] = logs.get("loss", 0.0) + loss.item() / plan.grad_accum
+                    # no all-reduce until the last micro-batch of the step
+                    if micro < plan.grad_accum - 1 and acc.num_processes > 1:
+                        with acc.no_sync(wrapped):
+                            acc.backward(loss / plan.grad_accum)
+                    else:
+                        acc.backward(loss / plan.grad_accum)
+                grad_norm = acc.clip_grad_norm_(params, rc.optim.grad_clip) if rc.optim.grad_clip else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                b += plan.grad_accum
+                step += 1
+                samples += plan.global_batch
+                logs = {k: _mean_over_processes(acc, v) for k, v in logs.items()}
+                dt = time.perf_counter() - t0
+                rec = {"step": step, "epoch": epoch, **logs, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "samples_per_s": plan.global_batch / dt, "step_s": dt}
+                if acc.is_main_process and (step % max(1, rc.train.log_every) == 0 or step == plan.total_steps
+                                            or step == 1):
+                    jsonl.append(metrics_path, [rec])
+                if progress and acc.is_main_process:
+                    progress(step, rec)
+                if rc.train.save_every and step % rc.train.save_every == 0 and step < plan.total_steps:
+                    next_b = b if b < usable else 0
+                    save_state(acc, self.run_dir, self.model, optimizer, scheduler,
+                               {"step": step, "epoch": epoch if b < usable else epoch + 1, "batch": next_b})
+            epoch += 1
+        elapsed = time.perf_counter() - t_start
+        summary = {"stage": self.stage, "steps": step, "epochs_seen": epoch, "train_s": elapsed,
+                   "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+                   "feature_cache": {"hits": self.features.hits, "misses": self.features.misses}}
+        if self.val_set:
+            summary["val"] = self.evaluate(objective, ref_source=self.reference_logps if self.stage == "edpo" else None)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            summary["checkpoint"] = str(self.save_checkpoint())
+            write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        acc.wait_for_everyone()
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self, objective, ref_source=None) -> dict:
+        """Validation loss (SFE: CE; E-DPO: the E-DPO loss and reward accuracy) with the model in eval mode."""
+        from sage_cli.train.losses import edpo_loss
+
+        self.model.eval()
+        rc, data = self.recipe, self.val_set
+        ref = ref_source(data, objective) if ref_source is not None else None
+        total, n, acc_sum = 0.0, 0, 0.0
+        for start in range(0, len(data), rc.train.batch_size):
+            idx = list(range(start, min(start + rc.train.batch_size, len(data))))
+            inputs = self._inputs(idx, data)
+            with self.accelerator.autocast():
+                if self.stage == "sfe":
+                    loss = objective(**inputs)
+                else:
+                    pc, pr = objective(**inputs)
+                    dh = torch.tensor([data[i].delta_h for i in idx], device=pc.device)
+                    loss, stats = edpo_loss(pc, pr, ref[idx, 0].to(pc.device), ref[idx, 1].to(pc.device), dh,
+                                            rc.edpo.beta, rc.edpo.eta)
+                    acc_sum += stats["rewards/accuracy"] * len(idx)
+            total += loss.item() * len(idx)
+            n += len(idx)
+        self.model.train()
+        self.model.backbone.parts()["vision"].eval()
+        out = {"loss": total / n}
+        if self.stage == "edpo":
+            out["rewards/accuracy"] = acc_sum / n
+        return out
+
+    def save_checkpoint(self) -> Path:
+        from sage_cli.models import checkpoint as ckpt
+
+        model = self.model
+        extra = {"stage": self.stage, "start": self.recipe.model.checkpoint, "steps": self.plan.total_steps}
+        return ckpt.save(model, self.run_dir / "checkpoint", self.recipe.model.backbone, extra=extra, lora=self.lora)
+
+
+def _mean_over_processes(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([value], device=acc.device)
+    return acc.reduce(t, reduction="mean").item()
+
+
+def prepare_run_dir(run_dir: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
+    """A fresh run needs an empty folder (or --overwrite); a resumed one keeps its files."""
+    run_dir = Path(run_dir)
+    used = run_dir.exists() and any(run_dir.iterdir())
+    if used and not resume:
+        if not overwrite:
+            raise SageError(f"{run_dir}: holds an earlier run; pass --resume auto to continue it or --overwrite "
+                            "to start again")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
+        run_dir.rename(tmp / run_dir.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "recipe.yaml", recipe_yaml)
