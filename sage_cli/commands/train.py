@@ -73,10 +73,12 @@ def _train(stage: str, a: dict) -> None:
 
     from rich.console import Console
 
-    from sage_cli.train.trainer import Run, prepare_run_dir
+    from sage_cli.train.trainer import Run, check_run_dir, prepare_run_dir
 
     console = Console(stderr=True, soft_wrap=True)
     run_dir = Path(cfg.train.output_dir)
+    if not a["dry_run"]:
+        check_run_dir(run_dir, a["resume"] == "auto", a["overwrite"])
     run = Run(stage, cfg, run_dir, feature_cache=cfg.train.feature_cache)
     main = run.accelerator.is_main_process
     if main:

@@ -235,7 +235,9 @@ def _accelerator(recipe):
 
     # find_unused_parameters: a batch whose images have no facts leaves the fusion layer unused
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=PRECISION[recipe.train.precision], kwargs_handlers=[ddp])
+    # cpu=True without a GPU: under torchrun, accelerate then sets up gloo instead of one process per rank
+    return Accelerator(mixed_precision=PRECISION[recipe.train.precision], kwargs_handlers=[ddp],
+                       cpu=not torch.cuda.is_available())
 
 
 def _dtype(recipe, device) -> torch.dtype:
@@ -277,6 +279,7 @@ class Run:
         self.accelerator = _accelerator(recipe)
         acc = self.accelerator
         self.plan = make_plan(stage, len(self.train_set), len(self.val_set), recipe, acc.num_processes)
+        torch.manual_seed(recipe.train.seed)  # the new layers (fusion, projection, LoRA) start the same every run
         self.model, self.lora = build_model(recipe, stage, _dtype(recipe, acc.device), acc.device)
         self.plan.trainable, self.plan.frozen = count_parameters(self.model)
         from sage_cli.models.cache import cache_root as default_cache
@@ -376,6 +379,7 @@ class Run:
         metrics_path = self.run_dir / "metrics.jsonl"
         t_start = time.perf_counter()
         samples = 0
+        seen: list[str] = []  # example keys this process trained on, in order
         self.model.train()
         self.model.backbone.parts()["vision"].eval()
         while step < plan.total_steps:
@@ -389,6 +393,7 @@ class Run:
                 logs: dict[str, float] = {}
                 for micro in range(plan.grad_accum):
                     idx = batches[b + micro]
+                    seen.extend(self.train_set[i].key for i in idx)
                     inputs = self._inputs(idx, self.train_set)
                     with acc.autocast():
                         if self.stage == "sfe":
@@ -439,12 +444,28 @@ class Run:
                    "feature_cache": {"hits": self.features.hits, "misses": self.features.misses}}
         if self.val_set:
             summary["val"] = self.evaluate(objective, ref_source=self.reference_logps if self.stage == "edpo" else None)
+        self._write_rank_record(seen)
         acc.wait_for_everyone()
         if acc.is_main_process:
             summary["checkpoint"] = str(self.save_checkpoint())
             write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
+
+    def _write_rank_record(self, seen: list[str]) -> None:
+        """ranks/rank-N.json: what this process trained on and a digest of its final weights (data-parallel
+        ranks must see different examples and end with the same weights)."""
+        import hashlib
+
+        from sage_cli.models.checkpoint import trained_state
+
+        h = hashlib.sha256()
+        for k, v in sorted(trained_state(self.model).items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        rec = {"rank": self.accelerator.process_index, "examples_seen": len(seen),
+               "first_examples": seen[:200], "weights_sha256": h.hexdigest()}
+        write_text(self.run_dir / "ranks" / f"rank-{self.accelerator.process_index}.json", json.dumps(rec, indent=1))
 
     @torch.no_grad()
     def evaluate(self, objective, ref_source=None) -> dict:
@@ -491,14 +512,21 @@ def _mean_over_processes(acc, value: float) -> float:
     return acc.reduce(t, reduction="mean").item()
 
 
-def prepare_run_dir(run_dir: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
-    """A fresh run needs an empty folder (or --overwrite); a resumed one keeps its files."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: a fresh run needs an empty folder unless --overwrite (or --resume auto)."""
     run_dir = Path(run_dir)
-    used = run_dir.exists() and any(run_dir.iterdir())
-    if used and not resume:
-        if not overwrite:
-            raise SageError(f"{run_dir}: holds an earlier run; pass --resume auto to continue it or --overwrite "
-                            "to start again")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SageError(f"{run_dir}: is a file; --out takes a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise SageError(f"{run_dir}: holds an earlier run; pass --resume auto to continue it or --overwrite "
+                        "to start again")
+
+
+def prepare_run_dir(run_dir: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
+    """Clear an earlier run when overwriting (not resuming), then write the resolved recipe."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and overwrite and not resume:
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
         run_dir.rename(tmp / run_dir.name)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,238 @@
+"""`sage train sfe` / `sage train edpo` on a tiny InternVL saved to disk, and the E-DPO loss by hand.
+
+The data is real: `sage prefs build` on a tiny MVTec-style set, `sage score mle --judge offline:sbert`
+for the pairs. Multi-process and kill/resume tests run the real command in subprocesses.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image, write_mask
+from sage_cli.cli import run
+from sage_cli.train.losses import edpo_loss, sequence_logps
+from sage_cli.train.trainer import epoch_batches
+from tiny_models import save_tiny_internvl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---- the loss, by hand -------------------------------------------------------------------------
+
+
+def _t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_eta_zero_is_the_dpo_sigmoid_loss():
+    # d = 0.1 * ((-1 - -1.5) - (-2 - -1.5)) = 0.1 * (0.5 + 0.5) = 0.1;  -log σ(0.1) = log(1 + e^-0.1)
+    loss, stats = edpo_loss(_t(-1.0), _t(-2.0), _t(-1.5), _t(-1.5), _t(0.3), beta=0.1, eta=0.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.1)), abs=1e-12)  # 0.644397
+    assert stats["rewards/chosen"] == pytest.approx(0.05) and stats["rewards/rejected"] == pytest.approx(-0.05)
+    assert stats["rewards/accuracy"] == 1.0
+
+
+def test_entropy_term_by_hand_and_larger_delta_h_raises_the_loss():
+    # η·ΔH = 0.5 * 0.2 = 0.1 cancels d = 0.1 exactly: loss = log 2
+    loss, stats = edpo_loss(_t(-1.0), _t(-2.0), _t(-1.5), _t(-1.5), _t(0.2), beta=0.1, eta=0.5)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-12) and stats["entropy_term"] == pytest.approx(0.1)
+    losses = [edpo_loss(_t(-1.0), _t(-2.0), _t(-1.5), _t(-1.5), _t(dh), 0.1, 0.5)[0].item() for dh in (0, .1, .5, 1)]
+    assert losses == sorted(losses) and losses[0] < losses[-1]
+
+
+def test_gradients_push_chosen_up_and_rejected_down():
+    pc, pr = _t(-3.0).requires_grad_(), _t(-2.0).requires_grad_()
+    edpo_loss(pc, pr, _t(-2.5), _t(-2.5), _t(0.1), 0.1, 0.5)[0].backward()
+    assert pc.grad.item() < 0 < pr.grad.item()  # descent raises log π(chosen), lowers log π(rejected)
+
+
+def test_sequence_logps_counts_only_labelled_tokens():
+    logits = torch.zeros(1, 4, 3)  # uniform over 3 tokens
+    logits[0, 1, 2] = math.log(2.0)  # position 1 predicts token 2 with p = 2/4
+    labels = torch.tensor([[-100, -100, 2, 0]])  # tokens 2 and 3 are answer tokens
+    assert sequence_logps(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(1 / 3))
+
+
+def test_ranks_take_different_slices_of_a_seeded_order():
+    r0, r1 = (epoch_batches(10, seed=0, epoch=0, batch_size=2, world=2, rank=r) for r in (0, 1))
+    assert len(r0) == len(r1) == 3  # 10 examples, global batch 4: the last one wraps around
+    for a, b in zip(r0[:2], r1[:2]):
+        assert not set(a) & set(b)
+    assert set(sum(r0, [])) | set(sum(r1, [])) == set(range(10))
+    assert r0 == epoch_batches(10, 0, 0, 2, 2, 0) and r0 != epoch_batches(10, 0, 1, 2, 2, 0)
+
+
+# ---- the commands -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny VLM, a tiny data set, its QA groups and its preference pairs."""
+    root = tmp_path_factory.mktemp("train")
+    os.environ["SAGE_CACHE"] = str(root / "cache")  # the feature cache stays in tmp (subprocesses inherit it)
+    vlm = save_tiny_internvl(root / "vlm")
+    d = root / "data" / "widget"
+    for i in range(4):
+        write_image(d / f"train/good/{i:03d}.png", size=(56, 56), color=(100 + 10 * i, 100, 100))
+    write_image(d / "test/good/000.png", size=(56, 56), color=(105, 100, 100))
+    for i in range(3):
+        write_image(d / f"test/scratch/{i:03d}.png", size=(56, 56), color=(200, 50 + 20 * i, 50))
+        write_mask(d / f"ground_truth/scratch/{i:03d}_mask.png", size=(56, 56), box=(10, 10, 30, 30))
+    assert run(["prefs", "build", "--from", str(root / "data"), "--out", str(root / "prefs"), "--val-frac", "0"]) == 0
+    assert run(["score", "mle", str(root / "prefs/train.jsonl"), "--out", str(root / "scores"),
+                "--judge", "offline:sbert"]) == 0
+    yield {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl"}
+    os.environ.pop("SAGE_CACHE", None)
+
+
+def _sfe_args(w, out, *extra):
+    return ["train", "sfe", f"model.backbone={w['vlm']}", "--train", str(w["qa"]), "--out", str(out),
+            "train.batch_size=2", "train.log_every=1", *extra]
+
+
+def _metrics(run_dir):
+    last = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        last[rec["step"]] = rec  # after a resume a step may appear twice: the last line wins
+    return last
+
+
+@pytest.fixture(scope="module")
+def sfe_run(world):
+    out = world["root"] / "sfe"
+    assert run(_sfe_args(world, out, "train.max_steps=30", "optim.lr=2e-2", "optim.warmup_steps=0")) == 0
+    return out
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(world, tmp_path, capsys):
+    assert run(_sfe_args(world, tmp_path / "run", "--dry-run")) == 0
+    err = capsys.readouterr().err
+    assert "20 training examples" in err and "adapter" in err and "10 steps" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sfe_learns_and_leaves_a_checkpoint(sfe_run):
+    m = _metrics(sfe_run)
+    # LoRA on a 2-layer random LLM moves slowly (no bias path to the byte distribution); it must still move
+    assert len(m) == 30 and m[30]["loss"] < m[1]["loss"] - 0.2
+    assert (sfe_run / "checkpoint/config.json").is_file() and (sfe_run / "recipe.yaml").is_file()
+    cfg = json.loads((sfe_run / "checkpoint/config.json").read_text())
+    assert cfg["stage"] == "sfe" and cfg["lora"]["r"] == 16
+    summary = json.loads((sfe_run / "summary.json").read_text())
+    assert summary["feature_cache"]["hits"] > summary["feature_cache"]["misses"] > 0
+
+
+def test_full_fine_tuning_learns_fast_and_saves_the_llm(world, tmp_path):
+    out = tmp_path / "full"
+    assert run(_sfe_args(world, out, "lora.enabled=false", "train.max_steps=20", "optim.lr=2e-2",
+                         "optim.warmup_steps=0")) == 0
+    m = _metrics(out)
+    assert m[20]["loss"] < 0.7 * m[1]["loss"]
+    cfg = json.loads((out / "checkpoint/config.json").read_text())
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "checkpoint/model.safetensors"))
+    assert cfg["lora"] is None and any(k.startswith("llm.") and "lora_" not in k for k in keys)
+
+
+def test_sfe_checkpoint_answers_through_sage_infer(world, sfe_run, capsys):
+    d = world["root"] / "data/widget"
+    assert run(["infer", str(d / "test/scratch/000.png"), str(d / "train/good/000.png"), "--checkpoint",
+                str(sfe_run / "checkpoint"), "--json", "--max-new-tokens", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(sfe_run / "checkpoint")
+
+
+def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
+    from safetensors.torch import load_file
+
+    out = world["root"] / "edpo"
+    args = ["train", "edpo", f"model.backbone={world['vlm']}", "--checkpoint", str(sfe_run / "checkpoint"),
+            "--train", str(world["pairs"]), "--out", str(out), "train.batch_size=2", "train.log_every=1"]
+    assert run(args) == 0
+    assert (out / "ref_logps.safetensors").is_file()
+    m = _metrics(out)
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy", "entropy_term"} <= set(m[1])
+    before, after = load_file(str(sfe_run / "checkpoint/model.safetensors")), load_file(str(out / "checkpoint/model.safetensors"))
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        assert same if k.startswith(("fusion.", "projector.")) else True
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("adapter."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_" in k)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("nodata", "no training data"),
+    ("nockpt", "E-DPO starts from an SFE checkpoint"),
+    ("missingimg", "not found under"),
+    ("malformed", "missing field 'chosen'"),
+    ("used", "holds an earlier run"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    if case == "nodata":
+        args = ["train", "sfe", f"model.backbone={world['vlm']}", "--out", str(out)]
+    elif case == "used":
+        out = sfe_run
+        args = _sfe_args(world, sfe_run)
+    else:
+        pairs = tmp_path / "pairs.jsonl"
+        recs = [json.loads(line) for line in world["pairs"].read_text().splitlines()]
+        if case == "missingimg":
+            recs[1]["test_image"] = "widget/test/scratch/999.png"
+        if case == "malformed":
+            del recs[0]["chosen"]
+        pairs.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        args = ["train", "edpo", f"model.backbone={world['vlm']}", "--train", str(pairs), "--root",
+                str(world["root"] / "data"), "--out", str(out)]
+        if case != "nockpt":
+            args += ["--checkpoint", str(sfe_run / "checkpoint")]
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    if case != "used":
+        assert not out.exists()
+
+
+def _sage(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "sage_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(world, tmp_path):
+    steps = ["train.max_steps=60", "train.save_every=5", "train.batch_size=1"]
+    full = tmp_path / "full"
+    assert run(_sfe_args(world, full, *steps)) == 0
+    cut = tmp_path / "cut"
+    proc = _sage(*_sfe_args(world, cut, *steps)[0:], start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cut / "state" / "step-0000010").is_dir() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "checkpoint").exists(), "the run ended before it could be killed"
+    assert run(_sfe_args(world, cut, *steps, "--resume", "auto")) == 0
+    a, b = _metrics(full), _metrics(cut)
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5, abs=1e-6), f"step {s}"
+
+
+def test_two_processes_see_different_data_and_end_equal(world, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _sage(*_sfe_args(world, out, "train.max_steps=4"), "--accelerate-config", "cpu-2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    r0, r1 = (json.loads((out / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert r0["examples_seen"] == r1["examples_seen"] == 8
+    assert not set(r0["first_examples"]) & set(r1["first_examples"])
+    assert "2 process(es)" in err
