@@ -2,9 +2,101 @@
 
 from __future__ import annotations
 
-from sage_cli.errors import PendingError
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def serve() -> None:
-    """Serve a sage model over an OpenAI-compatible HTTP API (lands with issue #4)."""
-    raise PendingError("sage serve", 4)
+def serve(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory (its backbone and SAGE settings are used)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path when no checkpoint is given (default sage-smol, untrained SAGE layers)."),
+    llm_only: bool = typer.Option(False, "--llm-only", help="Text chat with the backbone's LLM only (a local judge or fact writer); images are refused."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback is reachable from other machines: use --api-key-env."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: a free one; the URL is printed)."),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="The model id clients send and /v1/models lists (default: the backbone's name)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer <key>' with the key read from this environment variable (default: no key)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most completion tokens a request may ask for (also the default)."),
+    max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="Largest request body, in MB."),
+    max_image_mb: float = typer.Option(10.0, "--max-image-mb", min=0.001, help="Largest image (decoded file), in MB."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Most pixels (width x height) of an image; guards against decompression bombs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 or float16."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the untrained SAGE layers when no checkpoint is given."),
+    quiet: bool = typer.Option(False, "--quiet", help="No line per request on stderr (failures are still logged)."),
+) -> None:
+    """Serve a sage model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions).
+
+    Send images inline as image_url data URLs in the last user message: the first is the TEST image,
+    the second (optional) the normal REFERENCE, as in `sage infer TEST REF`; the message's text is the
+    question. Fact sentences go in the body's extension field "sage": {"facts": [...]}. Answers with
+    images carry "sage": {"p_yes", "anomaly"}. Without images (or with --llm-only) the conversation is
+    plain text chat with the backbone's LLM. Streaming, bearer auth and size limits are supported;
+    temperature defaults to 0 (greedy).
+    """
+    from sage_cli.errors import SageError
+    from sage_cli.serve.protocol import MB, Limits
+    from sage_cli.serve.server import check_port_free, is_loopback, make_server
+
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise SageError(f"--api-key-env {api_key_env}: the environment variable is not set (or empty)")
+    if served_name is not None and not served_name.strip():
+        raise SageError("--served-name is empty")
+    limits = Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * MB), max_image_bytes=int(max_image_mb * MB),
+                    max_image_pixels=max_image_pixels)
+    check_port_free(host, port)  # before the model loads, which may take minutes
+
+    from sage_cli.models.engine import Engine
+
+    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed)
+    name = served_name or _default_name(engine.backbone_name)
+    server = make_server(engine, host, port, model_name=name, api_key=api_key, limits=limits, llm_only=llm_only,
+                         quiet=quiet)
+    err = sys.stderr
+    if not is_loopback(host):
+        auth = "a key is required" if api_key else "and NO key is required (set --api-key-env)"
+        err.write(f"warning: listening on {host}: reachable from other machines, {auth}\n")
+    if engine.checkpoint is None and not llm_only:
+        err.write(f"note: {engine.backbone_name} with untrained SAGE layers (no --checkpoint); image answers are not "
+                  "those of a trained inspector\n")
+    sys.stdout.write(f"serving {name} at {server.url}{' (text only)' if llm_only else ''}\n")
+    sys.stdout.flush()
+    _serve_until_stopped(server)
+
+
+def _default_name(backbone: str) -> str:
+    """The backbone's name; for a local directory its last part (a model id need not reveal local paths)."""
+    p = Path(backbone)
+    return p.name if p.is_dir() and p.name else backbone
+
+
+class _Stop(BaseException):
+    """SIGTERM. Not an Exception: socketserver logs and swallows those when they hit while it accepts."""
+
+
+def _serve_until_stopped(server) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close the socket and return (exit 0, no traceback)."""
+    import signal
+    import threading
+
+    def on_term(signum, frame):
+        raise _Stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        server.server_close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    sys.stderr.write("stopped\n")
