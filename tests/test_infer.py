@@ -274,3 +274,13 @@ def test_sage_smol_answers_on_a_real_pair(hazelnut_root, tmp_path, capsys):
     assert len(a["answer"].split()) >= 3 and 0.0 <= a["p_yes"] <= 1.0 and a["tokens_per_s"] > 0
     assert out["anomaly"]["grid"] == [8, 8] and len(out["anomaly"]["selected"]) == 16
     assert Image.open(tmp_path / "h.png").size == Image.open(test).size
+
+
+def test_a_group_decoded_as_one_batch_matches_one_by_one(engine):
+    prefix = engine.encode(_img(11), _img(12), FACTS)
+    qs = ["Is there a defect?", "Where exactly is the scratch on the rim of this widget?", "Why?"]
+    together = engine.answer_group(prefix, qs, max_new_tokens=10)
+    for q, a in zip(qs, together):
+        alone = engine.answer(prefix, q, max_new_tokens=10)
+        assert a.text == alone.text and a.new_tokens == alone.new_tokens
+        assert a.p_yes == pytest.approx(alone.p_yes, abs=1e-4) and a.prompt_tokens == alone.prompt_tokens

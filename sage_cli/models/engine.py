@@ -150,6 +150,69 @@ class Engine:
                       out["ttft_s"], out["decode_s"])
 
     @torch.no_grad()
+    def answer_group(self, prefix: Prefix, questions: list[str], max_new_tokens: int = 128) -> list[Answer]:
+        """Greedy answers to several questions on one encoded pair, decoded together as one batch.
+
+        Row i is [prefix | padding | question i + assistant header]: the prefix cache is repeated per
+        row, each row's question is right-aligned so all rows end together, and explicit position ids
+        keep every row's positions contiguous across the padding (which the attention mask hides).
+        Gives the same text as `answer` for each question (up to float rounding in batched matmuls).
+        """
+        if any(not q.strip() for q in questions):
+            raise SageError("a question is empty")
+        n, dtype, dev = len(questions), prefix.pieces[0].dtype, self.model.device
+        rests = []
+        for q in questions:
+            pieces = list(prefix.pieces)
+            pieces[prefix.at] = self.model.embed_text(q.strip()).to(dtype)
+            rests.append(torch.cat(pieces[prefix.at:]))  # [T_i, C]
+        width = max(r.shape[0] for r in rests)
+        c = rests[0].shape[1]
+        embeds = torch.zeros(n, width, c, dtype=dtype, device=dev)  # [n, W, C]
+        mask = torch.zeros(n, prefix.prefix_tokens + width, dtype=torch.long, device=dev)  # [n, P + W]
+        mask[:, : prefix.prefix_tokens] = 1
+        pos = torch.zeros(n, width, dtype=torch.long, device=dev)
+        for i, r in enumerate(rests):
+            t = r.shape[0]
+            embeds[i, width - t:] = r
+            mask[i, prefix.prefix_tokens + width - t:] = 1
+            pos[i, width - t:] = torch.arange(prefix.prefix_tokens, prefix.prefix_tokens + t, device=dev)
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(n)
+        t0 = time.perf_counter()
+        logits = self._lm_rows(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)  # [n, V]
+        p_yes = [self._p_yes(row) for row in logits]
+        t_first = time.perf_counter()
+        ids: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        last = pos[:, -1]  # [n] position of each row's last token
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1)  # [n]
+            for i in range(n):
+                if not done[i]:
+                    tok_i = int(nxt[i])
+                    if tok_i in self.stop_ids:
+                        done[i] = True
+                    else:
+                        ids[i].append(tok_i)
+                        done[i] = len(ids[i]) >= max_new_tokens
+            if all(done):
+                break
+            last = last + 1
+            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=dev)], dim=1)
+            logits = self._lm_rows(cache, input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None])
+        t_end = time.perf_counter()
+        tok = self.model.backbone.tokenizer
+        prompt = [prefix.prefix_tokens + r.shape[0] for r in rests]
+        return [Answer(q, tok.decode(ids[i], skip_special_tokens=True).strip(), p_yes[i], len(ids[i]), prompt[i],
+                       t_first - t0, t_end - t_first) for i, q in enumerate(questions)]
+
+    def _lm_rows(self, cache, **inputs) -> torch.Tensor:
+        """One batched LLM step extending `cache`; the last position's logits of every row [n, V], float32."""
+        out = self.model.backbone.language_model(**inputs, use_cache=True, **{self._cache_kw: cache}, **self._last_only)
+        return out.logits[:, -1].float()
+
+    @torch.no_grad()
     def chat(self, messages: list[dict], max_new_tokens: int = 128, on_text=None, temperature: float = 0.0,
              top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
         """Plain text chat with the backbone's LLM (no images): for judges and fact writers."""

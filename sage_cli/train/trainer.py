@@ -270,12 +270,14 @@ class Run:
     """One training run of either stage; `run()` trains, `plan` says what it would do."""
 
     def __init__(self, stage: str, recipe, run_dir: Path, ref_mode: str = "cached", feature_cache: bool = True,
-                 cache_root: Path | None = None):
+                 cache_root: Path | None = None, limit: int | None = None):
         if stage not in ("sfe", "edpo"):
             raise ValueError(stage)
         self.stage, self.recipe, self.run_dir = stage, recipe, Path(run_dir)
         self.ref_mode = ref_mode  # "cached" (computed once) or "model" (a frozen copy run every step)
         self.train_set, self.val_set = load_examples(stage, recipe)
+        if limit:
+            self.train_set = self.train_set[:limit]  # benchmarks time a slice of the data
         self.accelerator = _accelerator(recipe)
         acc = self.accelerator
         self.plan = make_plan(stage, len(self.train_set), len(self.val_set), recipe, acc.num_processes)

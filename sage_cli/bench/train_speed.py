@@ -1,0 +1,139 @@
+"""Training speed of SAGE's choices against their plain baselines, all measured in one run.
+
+* SFE step (fact tokens fused into the prompt) vs plain supervised fine-tuning (no facts), same data;
+* E-DPO step with reference log-probs computed once vs a frozen reference model run every step;
+* an epoch with the encoder's features cached (second epoch: all hits) vs encoding every image.
+
+Each configuration trains a few warm-up steps that are not timed, then `steps` timed ones; step times
+are medians. Peak memory is the high-water mark of the process's RSS above its level before the
+configuration's model was loaded (sampled every 10 ms; Linux), or the CUDA peak on a GPU. The
+epoch comparison and the E-DPO reference pass use the first `examples` examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+class RSSPeak:
+    """Samples /proc/self/statm in a thread: peak resident memory above the level at start, in MiB."""
+
+    def __init__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss() -> float | None:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            now = self._rss()
+            if now is not None and now > self.peak:
+                self.peak = now
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        out = {"rss_mb": (self.peak - self.base) if self.base is not None else None}
+        if torch.cuda.is_available():
+            out["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+
+def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "cached",
+               feature_cache: bool = True, cache_root: Path | None = None, limit: int | None = None) -> dict:
+    """Train one configuration; returns the median step time after warm-up, epoch times, and the peak
+    memory of training above the level once the model is loaded."""
+    import gc
+
+    from sage_cli.train.trainer import Run
+
+    gc.collect()
+    steps: list[dict] = []
+    t0 = time.perf_counter()
+    run = Run(stage, recipe, run_dir, ref_mode=ref_mode, feature_cache=feature_cache, cache_root=cache_root,
+              limit=limit)
+    t_setup = time.perf_counter() - t0
+    with RSSPeak() as mem:
+        summary = run.run(progress=lambda step, rec: steps.append(rec))
+    timed = [r["step_s"] for r in steps[warmup:]] or [r["step_s"] for r in steps]
+    epochs: dict[int, float] = {}
+    for r in steps:
+        epochs[r["epoch"]] = epochs.get(r["epoch"], 0.0) + r["step_s"]
+    return {"step_s": statistics.median(timed), "steps": len(steps), "setup_s": t_setup,
+            "epoch_s": [epochs[e] for e in sorted(epochs)], "checkpoint": summary.get("checkpoint"),
+            "cache": summary["feature_cache"], **mem.result()}
+
+
+def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examples: int | None = 32,
+                log=print) -> dict:
+    """Both comparisons of the issue on the recipes' data (their data.* must be set)."""
+    with tempfile.TemporaryDirectory(prefix="sage-speed-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"  # a private feature cache, so nothing is warm from earlier runs
+
+        def recipe(base, **changes):
+            r = copy.deepcopy(base)
+            r.train.max_steps, r.train.epochs, r.train.log_every, r.train.save_every = warmup + steps, 1, 1, None
+            for dotted, value in changes.items():
+                section, key = dotted.split("__")
+                setattr(getattr(r, section), key, value)
+            return r
+
+        log("SFE with fact tokens (Fact[FE])")
+        sfe = _timed_run("sfe", recipe(sfe_recipe), tmp / "sfe", warmup, cache_root=cache, limit=examples)
+        log("plain supervised fine-tuning (no facts)")
+        plain = _timed_run("sfe", recipe(sfe_recipe, model__facts_mode="none", data__facts=None), tmp / "plain",
+                           warmup, cache_root=cache, limit=examples)
+        edpo_base = recipe(edpo_recipe, model__checkpoint=sfe["checkpoint"])
+        log("E-DPO, reference log-probs cached")
+        t0 = time.perf_counter()
+        cached = _timed_run("edpo", edpo_base, tmp / "edpo-cached", warmup, cache_root=cache, limit=examples)
+        cached["total_s"] = time.perf_counter() - t0
+        log("E-DPO, reference model run every step")
+        t0 = time.perf_counter()
+        live = _timed_run("edpo", edpo_base, tmp / "edpo-live", warmup, ref_mode="model", cache_root=cache,
+                          limit=examples)
+        live["total_s"] = time.perf_counter() - t0
+
+        # Feature cache: two epochs over a small slice; with the cache the second epoch reads every feature.
+        two = recipe(sfe_recipe)
+        two.train.max_steps, two.train.epochs = None, 2
+        log("two epochs with the feature cache")
+        with_cache = _timed_run("sfe", two, tmp / "cache-on", 0, cache_root=tmp / "cache-fresh", limit=examples)
+        log("two epochs without it")
+        without = _timed_run("sfe", two, tmp / "cache-off", 0, feature_cache=False, cache_root=tmp / "unused",
+                             limit=examples)
+    return {
+        "steps_timed": steps, "warmup": warmup, "examples": examples,
+        "sfe": sfe, "plain_sft": plain, "edpo_cached_ref": cached, "edpo_live_ref": live,
+        "epochs_with_cache": with_cache, "epochs_without_cache": without,
+        "ratios": {
+            "sfe_vs_plain_step": sfe["step_s"] / plain["step_s"],  # target <= 1.10
+            "edpo_cached_vs_live_step": cached["step_s"] / live["step_s"],  # target <= 0.70
+            "epoch2_cache_vs_none": with_cache["epoch_s"][-1] / without["epoch_s"][-1],
+        },
+    }
