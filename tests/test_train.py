@@ -236,3 +236,19 @@ def test_two_processes_see_different_data_and_end_equal(world, tmp_path):
     assert r0["examples_seen"] == r1["examples_seen"] == 8
     assert not set(r0["first_examples"]) & set(r1["first_examples"])
     assert "2 process(es)" in err
+
+
+def test_train_speed_measures_each_pair_in_one_run(world):
+    from sage_cli.bench.train_speed import train_speed
+    from sage_cli.config import load_recipe
+
+    common = [f"model.backbone={world['vlm']}", "train.batch_size=2"]
+    sfe = load_recipe("sage-smol", "sfe", common + [f"data.train={world['qa']}"])
+    edpo = load_recipe("sage-smol", "edpo", common + [f"data.train={world['pairs']}"])
+    res = train_speed(sfe, edpo, steps=2, warmup=1, examples=8, log=lambda m: None)
+    assert set(res["ratios"]) == {"sfe_vs_plain_step", "edpo_cached_vs_live_step", "epoch2_cache_vs_none"}
+    assert all(v > 0 for v in res["ratios"].values())
+    assert res["sfe"]["steps"] == res["edpo_live_ref"]["steps"] == 3
+    on, off = res["epochs_with_cache"], res["epochs_without_cache"]
+    assert len(on["epoch_s"]) == len(off["epoch_s"]) == 2
+    assert on["cache"]["hits"] > 0 and off["cache"]["hits"] == 0
