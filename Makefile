@@ -32,10 +32,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(SAGE) data ls sage_cli/assets/hazelnut_sample
-	$(SAGE) data synth --from sage_cli/assets/hazelnut_sample --out $(DEMO_OUT)/synth --image-size 256 --per-image 1 --seed 0 --preview
-	$(SAGE) data ls $(DEMO_OUT)/synth
-	@echo "contact sheet of the synthetic defects: $(DEMO_OUT)/synth/preview.png"
+	$(SAGE) demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, pending, prefs_build, recipes as recipes_cmd
-from sage_cli.commands import bench_speed, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
+from sage_cli.commands import bench_speed, demo as demo_cmd, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
 
 app = typer.Typer(
     name="sage",
@@ -50,6 +50,7 @@ models_app.command("ls")(models_cmd.ls)
 models_app.command("build")(models_cmd.build)
 
 app.command("env")(env_cmd.env)
+app.command("demo")(demo_cmd.demo)
 
 facts_app.command("extract")(facts_extract.extract)
 prefs_app.command("build")(prefs_build.build)

@@ -158,7 +158,7 @@ def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
     args = ["train", "edpo", f"model.backbone={world['vlm']}", "--checkpoint", str(sfe_run / "checkpoint"),
             "--train", str(world["pairs"]), "--out", str(out), "train.batch_size=2", "train.log_every=1"]
     assert run(args) == 0
-    assert (out / "ref_logps.safetensors").is_file()
+    assert (out / "ref_logps-train-rank0of1.safetensors").is_file()
     m = _metrics(out)
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy", "entropy_term"} <= set(m[1])
     before, after = load_file(str(sfe_run / "checkpoint/model.safetensors")), load_file(str(out / "checkpoint/model.safetensors"))

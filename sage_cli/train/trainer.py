@@ -5,7 +5,8 @@ A run directory holds everything of one run:
     recipe.yaml          the resolved recipe
     metrics.jsonl        one line per logged step (appended; after a resume a step may appear twice,
                          the last line wins)
-    ref_logps.safetensors  E-DPO only: log π_ref of every chosen / rejected answer, computed once
+    ref_logps-*.safetensors  E-DPO only: log π_ref of the chosen / rejected answers the plan visits,
+                         computed once before training
     state/step-N/        what resuming needs: trained weights, optimizer, scheduler, RNG, position
     checkpoint/          the final sage checkpoint (only what was trained), for `sage infer` / stage 2
 
@@ -308,36 +309,51 @@ class Run:
 
     # -- E-DPO reference
 
+    def planned_indices(self) -> list[int]:
+        """The training examples this process will see over the whole plan (the order is fixed up front)."""
+        plan, rc = self.plan, self.recipe
+        seen: set[int] = set()
+        left, epoch = plan.total_steps, 0
+        while left > 0:
+            batches = epoch_batches(len(self.train_set), rc.train.seed, epoch, plan.batch_size, plan.world_size,
+                                    self.accelerator.process_index)
+            steps = min((len(batches) - len(batches) % plan.grad_accum) // plan.grad_accum, left)
+            for b in batches[: steps * plan.grad_accum]:
+                seen.update(b)
+            left, epoch = left - steps, epoch + 1
+        return sorted(seen)
+
     @torch.no_grad()
-    def reference_logps(self, data, pair_logps) -> torch.Tensor:
-        """log π_ref(chosen), log π_ref(rejected) of every pair [N, 2] with the starting (SFE) model in eval
-        mode; exact to reuse because the encoder is frozen. Cached in the run folder, keyed by the pairs."""
+    def reference_logps(self, data, pair_logps, indices: list[int], name: str) -> torch.Tensor:
+        """log π_ref(chosen), log π_ref(rejected) [N, 2] of the pairs at `indices` (NaN elsewhere), from the
+        starting (SFE) model in eval mode: exact to reuse, as the encoder is frozen. Computed before any
+        training step (a resumed run loads its saved state only after this) and kept in the run folder."""
         import hashlib
 
         from safetensors.torch import load_file, save_file
 
-        path = self.run_dir / "ref_logps.safetensors"
-        digest = hashlib.sha256(json.dumps([[e.key, e.chosen, e.rejected] for e in data]).encode()).hexdigest()
+        path = self.run_dir / f"ref_logps-{name}.safetensors"
+        digest = hashlib.sha256(json.dumps([[data[i].key, data[i].chosen, data[i].rejected] for i in indices])
+                                .encode()).hexdigest()
         if path.is_file():
             saved = load_file(str(path))
-            if saved.get("digest_", torch.tensor([])).numel() and bytes(saved["digest_"].tolist()).decode() == digest:
+            if bytes(saved["digest_"].tolist()).decode() == digest:
                 return saved["logps"]
         was = self.model.training
         self.model.eval()
-        out = torch.zeros(len(data), 2)
+        out = torch.full((len(data), 2), float("nan"))
         bs = self.recipe.train.batch_size
-        for start in range(0, len(data), bs):
-            idx = list(range(start, min(start + bs, len(data))))
+        for start in range(0, len(indices), bs):
+            idx = indices[start:start + bs]
             with self.accelerator.autocast():
                 c, r = pair_logps(**self._inputs(idx, data))
-            out[start:start + len(idx), 0], out[start:start + len(idx), 1] = c.float().cpu(), r.float().cpu()
+            out[idx, 0], out[idx, 1] = c.float().cpu(), r.float().cpu()
         self.model.train(was)
-        if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            from sage_cli.atomic import replacing
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        from sage_cli.atomic import replacing
 
-            with replacing(path) as tmp:
-                save_file({"logps": out, "digest_": torch.tensor(list(digest.encode()), dtype=torch.uint8)}, str(tmp))
+        with replacing(path) as tmp:
+            save_file({"logps": out, "digest_": torch.tensor(list(digest.encode()), dtype=torch.uint8)}, str(tmp))
         return out
 
     # -- training
@@ -359,10 +375,14 @@ class Run:
         scheduler = get_linear_schedule_with_warmup(optimizer, min(rc.optim.warmup_steps, plan.total_steps),
                                                     plan.total_steps)
         objective = SFEObjective(self.model) if self.stage == "sfe" else PairLogps(self.model)
-        ref = None
+        ref = self._val_ref = None
         if self.stage == "edpo":
+            if self.val_set:  # before training: the reference is the starting model
+                self._val_ref = self.reference_logps(self.val_set, objective, list(range(len(self.val_set))),
+                                                     f"val-rank{self.accelerator.process_index}")
             if self.ref_mode == "cached":
-                ref = self.reference_logps(self.train_set, objective)
+                tag = f"train-rank{self.accelerator.process_index}of{self.plan.world_size}"
+                ref = self.reference_logps(self.train_set, objective, self.planned_indices(), tag)
             else:
                 import copy
 
@@ -445,7 +465,7 @@ class Run:
                    "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                    "feature_cache": {"hits": self.features.hits, "misses": self.features.misses}}
         if self.val_set:
-            summary["val"] = self.evaluate(objective, ref_source=self.reference_logps if self.stage == "edpo" else None)
+            summary["val"] = self.evaluate(objective)
         self._write_rank_record(seen)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -470,13 +490,15 @@ class Run:
         write_text(self.run_dir / "ranks" / f"rank-{self.accelerator.process_index}.json", json.dumps(rec, indent=1))
 
     @torch.no_grad()
-    def evaluate(self, objective, ref_source=None) -> dict:
-        """Validation loss (SFE: CE; E-DPO: the E-DPO loss and reward accuracy) with the model in eval mode."""
+    def evaluate(self, objective) -> dict:
+        """Validation loss (SFE: CE; E-DPO: the E-DPO loss and reward accuracy) with the model in eval mode.
+
+        E-DPO's validation reference is the starting model's, computed before training (see `run`)."""
         from sage_cli.train.losses import edpo_loss
 
         self.model.eval()
         rc, data = self.recipe, self.val_set
-        ref = ref_source(data, objective) if ref_source is not None else None
+        ref = self._val_ref
         total, n, acc_sum = 0.0, 0, 0.0
         for start in range(0, len(data), rc.train.batch_size):
             idx = list(range(start, min(start + rc.train.batch_size, len(data))))
