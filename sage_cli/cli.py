@@ -19,12 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings wrap like prose: single newlines join, blank lines split
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 def _group(name: str, help: str) -> typer.Typer:
-    group = typer.Typer(help=help, no_args_is_help=True)
+    group = typer.Typer(help=help, no_args_is_help=True, rich_markup_mode="markdown")
     app.add_typer(group, name=name)
     return group
 

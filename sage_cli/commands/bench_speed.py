@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 speed_app = typer.Typer(help="Speed against a plain baseline measured in the same run (ratios, not raw timings).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode="markdown")
 
 _SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "hazelnut_sample" / "hazelnut" / "train" / "good"
 

@@ -9,7 +9,7 @@ _KINDS_HELP = "scratch, crack, stain, hole, contamination, cutpaste"
 
 
 def synth(
-    src: Path = typer.Option(..., "--from", help="Normal images: an MVTec-style root (<category>/train/good), one category folder, or a plain folder of images."),
+    src: Path = typer.Option(..., "--from", help="Normal images: an MVTec-style root (CATEGORY/train/good), one category folder, or a plain folder of images."),
     out: Path = typer.Option(..., "--out", help="Where to write the MVTec-layout data set."),
     kinds: str = typer.Option("all", "--kinds", help=f"Comma-separated defect kinds, or 'all': {_KINDS_HELP}."),
     size: str = typer.Option("medium", "--size", help="Defect extent as a fraction of the image area: small (0.002-0.006), medium (0.006-0.02), large (0.02-0.06), a number (0.01) or a range (0.005-0.02)."),
@@ -23,7 +23,7 @@ def synth(
 ) -> None:
     """Write an MVTec-layout data set of synthetic defects made on normal images.
 
-    For each normal image, defects of each kind are drawn on the object itself (a foreground mask keeps them off the background): OUT/<category>/test/<kind>/NNN.png with its mask OUT/<category>/ground_truth/<kind>/NNN_mask.png, which is exactly the pixels that changed. The normal images are copied to train/good (held-out ones to test/good); OUT/synth.jsonl has one line per defect image (image, mask, kind, source, seed, size, strength, bbox).
+    For each normal image, defects of each kind are drawn on the object itself (a foreground mask keeps them off the background): OUT/CATEGORY/test/KIND/NNN.png with its mask OUT/CATEGORY/ground_truth/KIND/NNN_mask.png, which is exactly the pixels that changed. The normal images are copied to train/good (held-out ones to test/good); OUT/synth.jsonl has one line per defect image (image, mask, kind, source, seed, size, strength, bbox).
 
     Resumable: files are written atomically, and a rerun with the same settings (kept in OUT/synth.json) skips every file already present. An OUT written with other settings, or a non-empty folder that is not a synth output, is refused unless --overwrite.
     """

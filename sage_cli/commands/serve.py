@@ -17,7 +17,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback is reachable from other machines: use --api-key-env."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: a free one; the URL is printed)."),
     served_name: Optional[str] = typer.Option(None, "--served-name", help="The model id clients send and /v1/models lists (default: the backbone's name)."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer <key>' with the key read from this environment variable (default: no key)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer KEY' with the key read from this environment variable (default: no key)."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most completion tokens a request may ask for (also the default)."),
     max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="Largest request body, in MB."),
     max_image_mb: float = typer.Option(10.0, "--max-image-mb", min=0.001, help="Largest image (decoded file), in MB."),
