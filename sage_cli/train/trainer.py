@@ -281,6 +281,11 @@ class Run:
             self.train_set = self.train_set[:limit]  # benchmarks time a slice of the data
         self.accelerator = _accelerator(recipe)
         acc = self.accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            # Sharded parameters need gathered checkpoints and sharded optimizer states; not built yet.
+            raise SageError(f"{acc.distributed_type.name} is not supported yet: sage's checkpoints and resumable "
+                            "states assume whole parameters on every process; use DDP (--accelerate-config ddp) "
+                            "with LoRA and gradient checkpointing to fit large backbones")
         self.plan = make_plan(stage, len(self.train_set), len(self.val_set), recipe, acc.num_processes)
         torch.manual_seed(recipe.train.seed)  # the new layers (fusion, projection, LoRA) start the same every run
         self.model, self.lora = build_model(recipe, stage, _dtype(recipe, acc.device), acc.device)
