@@ -1,4 +1,4 @@
-"""Both training stages on `accelerate`: one CPU process, one GPU, or many processes (DDP, FSDP, ZeRO).
+"""Both training stages on `accelerate`: one CPU process, one GPU, or data-parallel processes (DDP).
 
 A run directory holds everything of one run:
 
