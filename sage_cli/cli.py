@@ -50,14 +50,14 @@ recipes_app.command("cp")(recipes_cmd.cp)
 models_app.command("ls")(models_cmd.ls)
 models_app.command("build")(models_cmd.build)
 
-app.command("env")(env_cmd.env)
-app.command("demo")(demo_cmd.demo)
 
 facts_app.command("extract")(facts_extract.extract)
 prefs_app.command("build")(prefs_build.build)
 score_app.command("mle")(score_mle.mle)
-app.command("serve")(serve_cmd.serve)
 app.command("infer")(infer_cmd.infer)
+app.command("serve")(serve_cmd.serve)
+app.command("demo")(demo_cmd.demo)
+app.command("env")(env_cmd.env)
 train_app.command("sfe")(train_cmd.sfe)
 train_app.command("edpo")(train_cmd.edpo)
 
