@@ -12,23 +12,47 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
-def append(path: Path | str, records: Iterable[dict | str]) -> int:
-    """Append records (dicts, or ready JSON lines) to `path`, one flushed line each; returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "ab") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as r:
+class Appender:
+    """An open JSON Lines file taking one record at a time, each flushed and fsync'd before the next: a
+    kill loses at most the line being written. A torn last line of an earlier run is closed off first."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "ab")
+        if self._f.tell() > 0:
+            with open(self.path, "rb") as r:
                 r.seek(-1, os.SEEK_END)
                 if r.read(1) != b"\n":  # a torn line from a killed run stays one bad line
-                    f.write(b"\n")
+                    self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def write(self, record: dict | str) -> None:
+        """A dict, or a ready JSON line."""
+        line = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False) + "\n"
+        self._write(line.encode("utf-8"))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Appender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def append(path: Path | str, records: Iterable[dict | str]) -> int:
+    """Append records (dicts, or ready JSON lines) to `path`; returns the count."""
+    n = 0
+    with Appender(path) as out:
         for rec in records:
-            line = rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=False) + "\n"
-            f.write(line.encode("utf-8"))
-            f.flush()
+            out.write(rec)
             n += 1
-        os.fsync(f.fileno())
     return n
 
 

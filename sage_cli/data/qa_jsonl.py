@@ -188,12 +188,7 @@ def existing_ids(path: Path | str) -> set[str]:
     ids: set[str] = set()
     if not path.exists():
         return ids
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(d, dict) and d.get("id") is not None:
-                ids.add(str(d["id"]))
+    for _, d in jsonl.read(path):
+        if d is not None and d.get("id") is not None:
+            ids.add(str(d["id"]))
     return ids

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sage_cli import jsonl
 from sage_cli.errors import SageError
-from sage_cli.facts.store import FACTS_FORMAT, prompt_set_id, read_facts, sha256_file
+from sage_cli.facts.store import FACTS_FORMAT, read_facts, sha256_file
 from sage_cli.facts.writer import split_sentences
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sage_cli import jsonl
 from sage_cli.atomic import replacing
 from sage_cli.data.records import QAGroup
 from sage_cli.judge.mle import select_pairs
@@ -45,52 +46,25 @@ def read_scores(path: Path | str) -> dict[Key, dict]:
     out: dict[Key, dict] = {}
     if not path.exists():
         return out
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-                if d.get("format") != SCORES_FORMAT:
-                    continue
-                key = (str(d["group_id"]), int(d["q"]), int(d["option"]))
-            except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+    for _, d in jsonl.read(path):
+        try:
+            if d.get("format") != SCORES_FORMAT:
                 continue
-            old = out.get(key)
-            if old is not None and "failed" not in old and "failed" in d:
-                continue
-            out[key] = d
+            key = (str(d["group_id"]), int(d["q"]), int(d["option"]))
+        except (AttributeError, KeyError, TypeError, ValueError):  # None (not JSON) or a foreign record
+            continue
+        old = out.get(key)
+        if old is not None and "failed" not in old and "failed" in d:
+            continue
+        out[key] = d
     return out
 
 
-class ScoreWriter:
-    """Appends score records, each line flushed and fsync'd before the next: a kill loses at most the
-    line being written, and a torn last line of an earlier run is closed off before appending."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab")
-        if self._f.tell() > 0:
-            with open(self.path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    self._write(b"\n")
-
-    def _write(self, data: bytes) -> None:
-        self._f.write(data)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+class ScoreWriter(jsonl.Appender):
+    """Appends score records (format field added), each fsync'd before the next."""
 
     def write(self, record: dict) -> None:
-        self._write((json.dumps({"format": SCORES_FORMAT, **record}, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "ScoreWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().write({"format": SCORES_FORMAT, **record})
 
 
 @dataclass
