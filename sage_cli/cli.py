@@ -10,8 +10,8 @@ import sys
 
 import typer
 
-from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, pending, prefs_build, recipes as recipes_cmd
-from sage_cli.commands import bench_speed, demo as demo_cmd, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
+from sage_cli.commands import data_ls, data_synth, env as env_cmd, models as models_cmd, prefs_build, recipes as recipes_cmd
+from sage_cli.commands import bench as bench_cmd, bench_speed, demo as demo_cmd, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
 
 app = typer.Typer(
     name="sage",
@@ -61,11 +61,8 @@ app.command("env")(env_cmd.env)
 train_app.command("sfe")(train_cmd.sfe)
 train_app.command("edpo")(train_cmd.edpo)
 
-# Commands whose work lands with later issues: they resolve their recipe (so --print-config works)
-# and then exit non-zero with one line saying so. No fake output.
+bench_cmd.register(bench_app)
 bench_app.add_typer(bench_speed.speed_app, name="speed")
-for _fmt in pending.BENCH_FORMATS:
-    bench_app.command(_fmt)(pending.bench_command(_fmt))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -8,13 +8,6 @@ class SageError(Exception):
     """
 
 
-class PendingError(SageError):
-    """A command whose work lands with a later issue."""
-
-    def __init__(self, what: str, issue: int):
-        super().__init__(f"{what} is not implemented yet (it lands with issue #{issue}); nothing was done")
-
-
 def require(module: str, package: str | None = None, extra: str | None = None):
     """Import an optional dependency or fail with a message naming the package to install."""
     import importlib

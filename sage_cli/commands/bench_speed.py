@@ -157,3 +157,68 @@ def train(
                   f"load and, when cached, the one reference pass over the examples: cached "
                   f"{res['edpo_cached_ref']['total_s']:.1f} s, live {res['edpo_live_ref']['total_s']:.1f} s · peak memory "
                   "is training's, above the loaded model")
+
+
+@speed_app.command("group")
+def group(
+    test: Optional[Path] = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference image (default: another bundled photo)."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="No reference image."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or VLM path (default sage-smol)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory."),
+    questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="The group's questions, one per line (default: five typical ones)."),
+    num_facts: int = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE])."),
+    new_tokens: int = typer.Option(32, "--new-tokens", min=1, help="Longest answer per question, on both sides."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs per side (medians are reported)."),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
+) -> None:
+    """A question group as `sage bench` answers it (one encoding and prefill, the questions decoded as one
+    batch) against each question answered from scratch (its own encoding, prefill and decoding).
+
+    Both on the same backbone, images and facts in this run. Target: from scratch / grouped >= 2.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from sage_cli import atomic
+    from sage_cli.bench.group_speed import DEFAULT_QUESTIONS, group_speed
+    from sage_cli.data.images import load_rgb
+    from sage_cli.errors import SageError
+    from sage_cli.models.engine import Engine, read_questions
+
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    if zero_shot and reference is not None:
+        raise SageError("--zero-shot and --reference contradict each other; give one")
+    questions = read_questions(questions_file) if questions_file is not None else list(DEFAULT_QUESTIONS)
+    test_img = load_rgb(test or _SAMPLE / "00.jpg")
+    ref_img = None if zero_shot else load_rgb(reference or _SAMPLE / "01.jpg")
+    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)
+    facts = [f"Fact {i + 1}: hazelnuts can show cracks, holes, stains or print marks on the shell."
+             for i in range(num_facts)]
+    with Progress(transient=True, disable=as_json) as bar:
+        task = bar.add_task("timing grouped, then from scratch", total=2 * repeats)
+        res = group_speed(engine, test_img, ref_img, facts, questions, new_tokens, repeats,
+                          progress=lambda: bar.advance(task))
+    if out is not None:
+        atomic.write_text(out, json.dumps(res, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    g, s = res["grouped"], res["scratch"]
+    t = Table(title=f"question group: grouped vs from scratch · {res['backbone']} · {res['device']} {res['dtype']} · "
+                    f"{res['questions']} questions, <= {new_tokens} new tokens each · median of {repeats}")
+    for col in ("", "grouped (sage bench)", "from scratch", "ratio", "target"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row("whole group", f"{g['total_s'] * 1e3:.0f} ms", f"{s['total_s'] * 1e3:.0f} ms",
+              f"{res['ratio']:.2f}x faster", ">= 2.00x")
+    t.add_row("per question", f"{g['per_question_s'] * 1e3:.0f} ms", f"{s['per_question_s'] * 1e3:.0f} ms", "", "")
+    t.add_row("new tokens", str(g["new_tokens"]), str(s["new_tokens"]), "", "")
+    Console().print(t)
+    Console(stderr=True).print(f"same answers on both sides: {res['same_answers']} of {res['questions']}")
+    if out is not None:
+        typer.echo(f"figures: {out}")

@@ -31,7 +31,7 @@ def demo(
     report = run_demo(s, say=lambda line: console.print(line, markup=False, highlight=False))
     t = Table(title="sage demo", show_header=False)
     t.add_column(justify="left")
-    t.add_column(justify="left")
+    t.add_column(justify="left", overflow="fold")  # paths in full, folded rather than cut
     for name, secs in report["steps"].items():
         t.add_row(f"step {name}", f"{secs:.1f} s")
     inf = report.get("infer")

@@ -104,7 +104,7 @@ def _check_out(out: Path, root: Path, settings: dict, overwrite: bool) -> None:
         raise SageError(f"{out} is not empty and holds no {MANIFEST} ({shown}); pass --overwrite or choose another folder")
 
 
-def _filter_categories(found: set[str], wanted: list[str] | None) -> None:
+def check_categories(found: set[str], wanted: list[str] | None) -> None:
     if wanted is None:
         return
     missing = [c for c in wanted if c not in found]
@@ -112,7 +112,7 @@ def _filter_categories(found: set[str], wanted: list[str] | None) -> None:
         raise SageError(f"no such category: {', '.join(missing)} (this data set has: {', '.join(sorted(found)) or 'none'})")
 
 
-def _limit(items: list, key, category, seed: int, limit: int | None) -> list:
+def limit_per_category(items: list, key, category, seed: int, limit: int | None) -> list:
     """At most ``limit`` items per category: those with the lowest hash of (seed, key), in input order."""
     if limit is None:
         return items
@@ -139,28 +139,28 @@ def make_groups(opts: PrefsOptions, fmt: str):
         tests = [r for r in ds.records if r.split == "test"]
         if not tests:
             raise SageError(f"{opts.src}: no test images (expected <category>/test/<good|defect>/ images)")
-        _filter_categories({r.category for r in tests}, opts.categories)
+        check_categories({r.category for r in tests}, opts.categories)
         pools = defect_pools(tests)  # from every test image, so wrong answers do not depend on --limit
         if opts.categories:
             tests = [r for r in tests if r.category in opts.categories]
-        tests = _limit(tests, lambda r: r.image, lambda r: r.category, opts.seed, opts.limit)
+        tests = limit_per_category(tests, lambda r: r.image, lambda r: r.category, opts.seed, opts.limit)
         groups = image_groups(tests, opts.seed, pools)
     else:
         if ds.kind == "mmad":
             items = ds.records
             if not items:
                 raise SageError(f"{opts.src}: no MMAD entries to convert")
-            _filter_categories({it.category for it in items}, opts.categories)
+            check_categories({it.category for it in items}, opts.categories)
             if opts.categories:
                 items = [it for it in items if it.category in opts.categories]
-            items = _limit(items, lambda it: it.image, lambda it: it.category, opts.seed, opts.limit)
+            items = limit_per_category(items, lambda it: it.image, lambda it: it.category, opts.seed, opts.limit)
             groups = importers.mmad_groups(items, opts.seed, ds.problems)
         else:
             if not ds.records:
                 raise SageError(f"{opts.src}: no QA groups to import")
-            _filter_categories({g.category for g in ds.records}, opts.categories)
+            check_categories({g.category for g in ds.records}, opts.categories)
             records = [g for g in ds.records if not opts.categories or g.category in opts.categories]
-            records = _limit(records, lambda g: f"{g.test_image}\0{g.id}", lambda g: g.category, opts.seed, opts.limit)
+            records = limit_per_category(records, lambda g: f"{g.test_image}\0{g.id}", lambda g: g.category, opts.seed, opts.limit)
             groups = importers.qa_groups(records, ds.problems)
         if not groups:
             raise SageError(f"{opts.src}: every record had a problem; nothing to write ({ds.problems.items[0]})"

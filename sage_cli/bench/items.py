@@ -1,0 +1,177 @@
+"""Every benchmark format as one list of BenchItems: a test image, its reference, its questions.
+
+* ``manta`` / ``mpdd``: MANTA's records (MPDD-QA has the same schema) as they are.
+* ``qa``: sage-qa/1 groups (a file, or a folder of them such as `sage prefs build`'s OUT).
+* ``mvtec``: groups built on the fly from the annotations with `sage prefs build`'s builder (5 questions,
+  2 standard / 2 identification / 1 diagnosis, references from train/good chosen with the seed).
+* ``mmad``: one item per image; each multiple-choice question is asked with its lettered options and
+  graded on the letter. One-shot uses the image's first ``similar_templates`` image (a normal template,
+  MMAD's own protocol), else its first ``random_templates`` image.
+
+A question's level is its own ``level``, else its group's ``pair_type`` (MMAD: from its type, as
+`sage prefs build` maps them). One-shot items without a reference are left out and counted (they would
+be zero-shot answers inside a one-shot score). ``--categories`` selects categories; ``--limit N`` keeps
+at most N items per category, a stable seeded choice as in `sage prefs build --limit`.
+
+Each yes/no item may have a detection question, the one AUROC is read from: its first standard-level
+question that asks whether the part is defective (or normal) in so many words
+(`verdict.detection_polarity`). Its truth is whether the part is defective (flipped for a "free of
+defects?" question), its P(yes) (or 1 - P(yes)) the score. Items without such a question add nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sage_cli.errors import SageError
+
+FORMATS = ("manta", "mpdd", "mmad", "qa", "mvtec")
+READER = {"manta": "manta", "mpdd": "manta", "mmad": "mmad", "qa": "qa", "mvtec": "mvtec"}
+LETTER_INSTRUCTION = "Answer with the letter of the right option."
+
+
+@dataclass
+class BenchQuestion:
+    q: int  # index in its item: samples are keyed by (item id, q)
+    question: str  # as the data set words it
+    prompt: str  # what the model is asked (MMAD: with the lettered options)
+    level: str
+    truth: bool | str  # yes/no, or MMAD's right letter
+    best_option: str | None = None  # the top-ranked answer (SBERT's reference); None for MMAD
+    options: dict[str, str] | None = None  # MMAD letter -> text
+    type: str | None = None  # MMAD question type
+    detect: int | None = None  # +1 / -1 on the item's detection question (see the module doc)
+
+
+@dataclass
+class BenchItem:
+    id: str
+    category: str
+    root: Path
+    test_image: str  # relative to root
+    reference_image: str | None  # None = zero-shot
+    questions: list[BenchQuestion]
+    group: object | None = None  # the QAGroup (for the MLE judge's prompt); None for MMAD
+    kind: str = "yesno"  # or "choice" (MMAD)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+
+@dataclass
+class Loaded:
+    items: list[BenchItem]
+    problems: list[str] = field(default_factory=list)  # data problems skipped while reading
+    no_reference: int = 0  # one-shot items left out for want of a reference
+    categories: list[str] = field(default_factory=list)  # every category found (before --categories)
+
+
+def check_layout(fmt: str, root: Path) -> None:
+    """SageError unless `root` holds `fmt` data, naming what it looks like instead."""
+    from sage_cli.data import manta, mmad, mvtec, qa_jsonl
+    from sage_cli.data.detect import LAYOUTS, detect_format
+
+    if not root.exists():
+        raise SageError(f"{root}: no such file or directory")
+    ok = {"manta": manta.looks_like_manta, "mpdd": manta.looks_like_manta, "mmad": mmad.looks_like_mmad,
+          "mvtec": mvtec.looks_like_mvtec,
+          "qa": lambda r: qa_jsonl.is_qa_file(r) if r.is_file() else bool(qa_jsonl.qa_files(r))}[fmt]
+    if root.is_file() and fmt != "qa":
+        raise SageError(f"{root}: not a directory (sage bench {fmt} needs a {LAYOUTS[READER[fmt]]})")
+    if ok(root):
+        return
+    try:
+        other = detect_format(root)
+    except SageError:
+        other = None
+    hint = f"; it looks like {other} data (try `sage bench {other}`)" if other and other != "visa" else ""
+    raise SageError(f"{root}: not {fmt} data (expected {LAYOUTS[READER[fmt]]}){hint}")
+
+
+def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = None, limit: int | None = None,
+               seed: int = 0, strict: bool = False) -> Loaded:
+    """The items of one benchmark run, filtered and limited; SageError when none is left."""
+    from sage_cli.data.detect import open_dataset
+    from sage_cli.prefs.pipeline import PrefsOptions, check_categories, limit_per_category, make_groups
+
+    if fmt not in FORMATS:
+        raise SageError(f"unknown benchmark format {fmt!r}; known: {', '.join(FORMATS)}")
+    root = Path(root)
+    check_layout(fmt, root)
+    if fmt == "mvtec":
+        # the builder filters and limits itself (per category, seeded) and reports unknown categories
+        opts = PrefsOptions(src=root, out=root, seed=seed, limit=limit, categories=categories, strict=strict)
+        groups, problems = make_groups(opts, "mvtec")
+        found = sorted({g.category for g in groups})
+        items = [_yes_no_item(g, shots) for g in groups]
+    else:
+        ds = open_dataset(root, fmt=READER[fmt], strict=strict, seed=seed)
+        problems = ds.problems
+        records = list(ds.records)
+        if not records:
+            what = "MMAD entries" if fmt == "mmad" else "QA groups"
+            first = f" ({problems.items[0]})" if problems.items else ""
+            raise SageError(f"{root}: no usable {what}{first}")
+        found = sorted({r.category for r in records})
+        check_categories(set(found), categories)
+        if categories:
+            records = [r for r in records if r.category in categories]
+        key = (lambda it: it.image) if fmt == "mmad" else (lambda g: f"{g.test_image}\0{g.id}")
+        records = limit_per_category(records, key, lambda r: r.category, seed, limit)
+        items = [_mmad_item(it, shots) if fmt == "mmad" else _yes_no_item(it, shots) for it in records]
+    _unique_ids(items)
+    items = [it for it in items if it.questions]  # an MMAD image with an empty conversation asks nothing
+    kept = [it for it in items if shots == 0 or it.reference_image is not None]
+    missing = len(items) - len(kept)
+    if not kept:
+        if items and missing:
+            raise SageError(f"{root}: none of the {len(items)} items has a reference image; use --shots 0")
+        raise SageError(f"{root}: nothing to benchmark after --categories/--limit")
+    return Loaded(kept, list(problems.items), missing, found)
+
+
+def _unique_ids(items: list[BenchItem]) -> None:
+    """Samples are keyed by item id: a repeated id gets "#2", "#3", ... in reading order."""
+    seen: dict[str, int] = {}
+    for it in items:
+        n = seen.get(it.id, 0) + 1
+        seen[it.id] = n
+        if n > 1:
+            it.id = f"{it.id}#{n}"
+
+
+def _yes_no_item(g, shots: int) -> BenchItem:
+    from sage_cli.bench.verdict import detection_polarity
+
+    questions = []
+    detect_done = False
+    for i, q in enumerate(g.questions):
+        level = g.level_of(q)
+        pol = None
+        if not detect_done and level == "standard":
+            pol = detection_polarity(q.question)
+            detect_done = pol is not None
+        questions.append(BenchQuestion(i, q.question, q.question, level, bool(q.answer),
+                                       q.options[0] if q.options else None, detect=pol))
+    return BenchItem(g.id, g.category, Path(g.root), g.test_image, g.reference_image if shots else None,
+                     questions, group=g)
+
+
+def mmad_prompt(question: str, options: dict[str, str]) -> str:
+    lines = [question.strip()] + [f"{k}. {v}" for k, v in options.items()] + [LETTER_INSTRUCTION]
+    return "\n".join(lines)
+
+
+def _mmad_item(it, shots: int) -> BenchItem:
+    from sage_cli.prefs.importers import mmad_level
+
+    questions = [BenchQuestion(i, q.question, mmad_prompt(q.question, q.options), mmad_level(q.type), q.answer,
+                               None, dict(q.options), q.type or "(untyped)")
+                 for i, q in enumerate(it.conversation)]
+    ref = None
+    if shots:
+        refs = it.similar_templates or it.random_templates
+        ref = refs[0] if refs else None
+    return BenchItem(it.image, it.category or it.dataset or "(none)", Path(it.root), it.image, ref, questions,
+                     kind="choice")

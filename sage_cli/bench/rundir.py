@@ -1,0 +1,130 @@
+"""A benchmark run folder: what it holds, when it may be reused, and where a run came from.
+
+    RUN_DIR/results.json    metrics, config, counts, versions, git commit, timing (rewritten atomically:
+                            at the start with status "running", at the end with status "done")
+    RUN_DIR/samples.jsonl   one line per answered question, appended as answers come (the record resume reads)
+    RUN_DIR/plots/*.png     accuracy by level, example images with their anomaly maps
+
+A folder that holds anything is refused unless --resume (continue it: same answer-shaping settings
+required) or --overwrite (our files are removed first; other files are left alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sage_cli.errors import SageError
+
+RESULTS, SAMPLES, PLOTS = "results.json", "samples.jsonl", "plots"
+RESULTS_FORMAT = "sage-bench/1"
+SAMPLE_FORMAT = "sage-bench-sample/1"
+# Settings that change the answers: a resumed run must keep them (limit and categories may change).
+ANSWER_KEYS = ("format", "root", "backbone", "checkpoint", "shots", "facts", "max_new_tokens", "seed", "judge")
+
+
+def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
+    """Check (and with `overwrite`, clear) the run folder before any work."""
+    if resume and overwrite:
+        raise SageError("--resume and --overwrite contradict each other; give one")
+    if out.exists() and not out.is_dir():
+        raise SageError(f"{out}: the run folder is a file; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if overwrite:
+        for name in (RESULTS, SAMPLES):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / PLOTS, ignore_errors=True)
+        return
+    if not resume:
+        raise SageError(f"{out} exists and is not empty; pass --resume to continue that run or --overwrite to "
+                        f"replace it (or choose another --out)")
+    old = read_results(out)
+    if old is None:
+        if not (out / SAMPLES).exists():
+            raise SageError(f"{out} holds no benchmark run ({RESULTS} and {SAMPLES} missing); choose another --out")
+        return
+    before = old.get("config") or {}
+    diff = [f"{k} {before.get(k)!r} -> {config.get(k)!r}" for k in ANSWER_KEYS if before.get(k) != config.get(k)]
+    if diff:
+        raise SageError(f"{out} holds a run with other settings ({', '.join(diff)}); use another --out or --overwrite")
+
+
+def read_results(folder: Path) -> dict | None:
+    path = Path(folder) / RESULTS
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise SageError(f"{path}: unreadable results file; use --overwrite to start over") from None
+    if not isinstance(d, dict) or d.get("results_format") != RESULTS_FORMAT:
+        raise SageError(f"{path}: not a sage bench results file")
+    return d
+
+
+def write_results(folder: Path, results: dict) -> None:
+    from sage_cli.atomic import write_text
+
+    write_text(Path(folder) / RESULTS, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_samples(path: Path) -> dict[tuple[str, int], dict]:
+    """(group_id, q) -> the last readable sample line for it (a torn last line is skipped)."""
+    from sage_cli import jsonl
+
+    out: dict[tuple[str, int], dict] = {}
+    if not Path(path).exists():
+        return out
+    for _, rec in jsonl.read(path):
+        if rec is None or rec.get("format") != SAMPLE_FORMAT:
+            continue
+        try:
+            out[(str(rec["group_id"]), int(rec["q"]))] = rec
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def versions() -> dict:
+    import platform
+
+    from sage_cli import __version__
+
+    out = {"sage": __version__, "python": platform.python_version()}
+    for mod in ("torch", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def git_commit() -> dict | None:
+    """{commit, dirty} of the checkout sage runs from; None when it is not a git checkout (an installed copy)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def default_out(fmt: str, backbone: str | None, checkpoint: str | None, shots: int) -> Path:
+    """runs/bench/<format>-<checkpoint folder or backbone name>-<shots>shot."""
+    import re
+
+    from sage_cli.models.registry import SAGE_SMOL
+
+    name = Path(checkpoint).name if checkpoint else Path(backbone).name if backbone else SAGE_SMOL
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+    return Path("runs") / "bench" / f"{fmt}-{name}-{shots}shot"

@@ -1,0 +1,413 @@
+"""The benchmark loop: per item one image encoding and prefill, all its questions decoded as one batch.
+
+Each answered item appends its questions' samples to samples.jsonl at once (one flushed line per
+question), so a killed run loses at most the item in flight; `--resume` skips the items whose
+questions are all there and answers only the missing ones. The metrics are always recomputed from
+samples.jsonl at the end (only for the items of this run's selection).
+
+A sample (samples.jsonl line)::
+
+    {format, group_id, q, category, level, question, truth, answer, verdict, verdict_source, correct,
+     p_yes, best_option, sbert, new_tokens, [type, options (MMAD)], [detect_label, detect_score],
+     [mle {type, location, logic, mle} | {failed}]}
+
+Verdicts: yes/no questions are read with `verdict.verdict` ("word" or "claim"); when the text gives
+no clear yes/no, P(yes) >= 0.5 decides and verdict_source is "p_yes"; with no P(yes) either the
+answer counts as wrong (verdict null, source "none"). MMAD answers are read with `parse_choice`
+("letter"); an unreadable one is wrong (source "none"); their p_yes is null (the first token's yes/no
+odds say nothing about a letter). SBERT: cosine similarity (all-MiniLM-L6-v2)
+of the answer to the top-ranked option; an empty answer scores 0; MMAD has no ranked options (null).
+MLE (with a judge): the judge scores the answer against the top-ranked option with the score recipe's
+rubric; an empty answer gets 1 on every criterion without asking; MMAD items are not judged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sage_cli.bench import rundir
+from sage_cli.bench.items import BenchItem, Loaded
+from sage_cli.errors import SageError
+
+EXAMPLES = 4  # test images shown in plots/examples.png
+
+
+@dataclass
+class BenchOptions:
+    fmt: str
+    root: Path
+    out: Path
+    backbone: str | None = None
+    checkpoint: str | None = None
+    shots: int = 1
+    facts: Path | None = None
+    max_new_tokens: int = 64
+    limit: int | None = None
+    categories: list[str] | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    sbert: bool = True
+    judge: str | None = None  # "offline:sbert", "endpoint" (the score recipe's), or an OpenAI-compatible URL
+    judge_model: str | None = None
+    plots: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    strict: bool = False
+
+    def config(self, judge_name: str | None = None) -> dict:
+        return {"format": self.fmt, "root": str(Path(self.root).resolve()), "backbone": self.backbone,
+                "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
+                "shots": self.shots, "facts": str(Path(self.facts).resolve()) if self.facts else None,
+                "max_new_tokens": self.max_new_tokens, "limit": self.limit, "categories": self.categories,
+                "seed": self.seed, "device": self.device, "dtype": self.dtype, "sbert": self.sbert,
+                "judge": judge_name}
+
+
+@dataclass
+class Timing:
+    load_s: float = 0.0
+    items: int = 0
+    encode_s: float = 0.0  # image encoding + fusion + prefill of the shared prompt
+    answer_s: float = 0.0  # the batched questions: their prefill and decoding
+    new_tokens: int = 0
+    questions: int = 0
+
+    def report(self, total_s: float) -> dict:
+        n = max(self.items, 1)
+        group_s = self.encode_s + self.answer_s
+        return {"load_s": self.load_s, "total_s": total_s, "items_timed": self.items,
+                "per_group_s": group_s / n if self.items else None,
+                "encode_s": self.encode_s / n if self.items else None,
+                "answer_s": self.answer_s / n if self.items else None,
+                "per_question_s": group_s / self.questions if self.questions else None,
+                "new_tokens": self.new_tokens,
+                "tokens_per_s": self.new_tokens / self.answer_s if self.answer_s > 0 else None}
+
+
+@dataclass
+class Outcome:
+    results: dict
+    samples: list[dict]
+    examples: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ facts
+
+
+class Facts:
+    """Facts per test image: a facts JSON Lines file (by image hash) or one text file for every image."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.same, self.by_sha, self.missing = path, None, {}, 0
+        if path is None:
+            return
+        from sage_cli.facts.store import facts_for_image, read_facts
+
+        path = Path(path)
+        if not path.is_file():
+            raise SageError(f"{path}: facts file not found")
+        first = next((ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()), "")
+        if not first.lstrip().startswith("{"):
+            self.same = facts_for_image(path, path)  # a plain list: the image is not looked at
+            return
+        for (sha, _, _), rec in read_facts(path).items():
+            self.by_sha.setdefault(sha, []).extend(rec.get("facts", []))
+        if not self.by_sha:
+            raise SageError(f"{path}: no sage-facts records in this file")
+
+    def __call__(self, image: Path) -> list[str]:
+        if self.path is None:
+            return []
+        if self.same is not None:
+            return self.same
+        from sage_cli.facts.store import sha256_file
+
+        found = self.by_sha.get(sha256_file(image))
+        if found is None:
+            self.missing += 1  # answered without facts; counted in results.json
+            return []
+        return found
+
+
+# ------------------------------------------------------------------------------------------------ judge
+
+
+class BenchJudge:
+    """MLE scores of the model's answers through the existing judges (an LLM endpoint or offline SBERT)."""
+
+    def __init__(self, spec: str, model: str | None):
+        from sage_cli.config import load_recipe
+        from sage_cli.judge.judges import SBertJudge, make_judge
+
+        cfg = load_recipe("default", "score")
+        if spec.startswith(("http://", "https://")):
+            cfg.endpoint.base_url = spec
+            spec = "endpoint"
+        if model:
+            cfg.endpoint.model = model
+        if spec == "endpoint" and not cfg.endpoint.base_url:
+            raise SageError("--judge endpoint needs a URL: give --judge http://HOST:PORT/v1 (or set endpoint.base_url "
+                            "in the score recipe)")
+        self.judge = SBertJudge() if spec == "offline:sbert" else make_judge(spec, cfg)
+
+    @property
+    def name(self) -> str:
+        return self.judge.name
+
+    def prepare(self, sbert=None) -> None:
+        """Check the endpoint; the offline judge shares the SBERT model the run already loaded."""
+        from sage_cli.judge.judges import SBertJudge
+
+        if sbert is not None and isinstance(self.judge, SBertJudge):
+            self.judge = SBertJudge(sbert)
+        self.judge.prepare()
+
+    def scores(self, item: BenchItem, answers: dict[int, str]) -> dict[int, dict]:
+        """q -> {type, location, logic, mle} or {failed}; answers of items without a QA group are not judged."""
+        from sage_cli.data.records import Question
+        from sage_cli.judge.judges import Item
+
+        group = item.group
+        if group is None:
+            return {}
+        out: dict[int, dict] = {}
+        todo = []
+        for q, text in answers.items():
+            if not text.strip():
+                out[q] = {"type": 1, "location": 1, "logic": 1, "mle": 1.0}
+                continue
+            orig = group.questions[q]
+            best = orig.options[0] if orig.options else "(no reference answer)"
+            questions = list(group.questions)
+            questions[q] = Question(orig.question, orig.answer, [best, text], group.level_of(orig))
+            todo.append(Item(replace(group, questions=questions), q, 1))
+        for it, res in self.judge.score(todo):
+            out[it.q] = ({k: res[k] for k in ("type", "location", "logic", "mle")} if "failed" not in res
+                         else {"failed": res["failed"]})
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _sample(item: BenchItem, bq, answer, sbert: float | None) -> dict:
+    from sage_cli.bench.verdict import parse_choice, verdict
+
+    text = answer.text
+    s = {"format": rundir.SAMPLE_FORMAT, "group_id": item.id, "q": bq.q, "category": item.category, "level": bq.level,
+         "question": bq.question, "truth": bq.truth, "answer": text}
+    p_yes = answer.p_yes
+    if item.kind == "choice":
+        v = parse_choice(text, bq.options or {})
+        source = "letter" if v is not None else "none"
+        p_yes = None  # the first token's yes/no odds say nothing about a letter
+    else:
+        v, source = verdict(text, bq.question)
+        if v is None and answer.p_yes is not None:
+            v, source = answer.p_yes >= 0.5, "p_yes"
+        source = source or "none"
+    s.update(verdict=v, verdict_source=source, correct=v is not None and v == bq.truth, p_yes=p_yes,
+             best_option=bq.best_option, sbert=sbert, new_tokens=answer.new_tokens)
+    if item.kind == "choice":
+        s.update(type=bq.type, options=bq.options)
+    if bq.detect is not None and p_yes is not None:
+        # +1: "is there a defect?" (yes = defective); -1: "is it free of defects?" (yes = normal)
+        s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
+        s["detect_score"] = p_yes if bq.detect > 0 else 1.0 - p_yes
+    return s
+
+
+def _sbert_scores(model, item: BenchItem, qs, answers) -> list[float | None]:
+    if model is None:
+        return [None] * len(qs)
+    pairs = [(i, a.text, bq.best_option) for i, (bq, a) in enumerate(zip(qs, answers))
+             if bq.best_option is not None and a.text.strip()]
+    out: list[float | None] = [None if bq.best_option is None else 0.0 for bq in qs]  # empty answer: 0
+    if pairs:
+        emb = model.encode([p[1] for p in pairs] + [p[2] for p in pairs])
+        n = len(pairs)
+        cos = (emb[:n] * emb[n:]).sum(-1).tolist()
+        for (i, _, _), c in zip(pairs, cos):
+            out[i] = round(float(c), 6)
+    return out
+
+
+def _example(item: BenchItem, test_img, engine, prefix, first: dict | None) -> dict:
+    amap = engine.anomaly(prefix) if prefix is not None else None
+    return {"id": item.id, "image": test_img, "anomaly": amap, "question": first.get("question") if first else "",
+            "answer": first.get("answer") if first else "", "correct": first.get("correct") if first else None}
+
+
+def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> Outcome:
+    """Answer every missing question of `loaded.items`, then write results.json and the plots."""
+    from sage_cli import jsonl
+    from sage_cli.bench import metrics
+    from sage_cli.data.images import load_rgb
+
+    note = note or (lambda msg: None)
+    t_start = time.perf_counter()
+    out = Path(opts.out)
+    facts = Facts(opts.facts)  # read before any work: a bad facts file fails at once
+    judge = BenchJudge(opts.judge, opts.judge_model) if opts.judge else None
+    config = opts.config(judge.name if judge else None)
+    rundir.prepare(out, config, opts.resume, opts.overwrite)
+    sbert_model = None
+    if opts.sbert and any(q.best_option is not None for it in loaded.items for q in it.questions):
+        from sage_cli.models.sbert import SBert
+
+        sbert_model = SBert.load()
+    if judge is not None:
+        judge.prepare(sbert_model)  # the endpoint check, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    samples_path = out / rundir.SAMPLES
+    done = rundir.read_samples(samples_path) if opts.resume else {}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    base = {"results_format": rundir.RESULTS_FORMAT, "format": opts.fmt, "root": config["root"], "config": config,
+            "versions": rundir.versions(), "git": rundir.git_commit(), "started": started}
+    rundir.write_results(out, {**base, "status": "running"})
+
+    timing = Timing()
+    engine = None
+
+    def get_engine():
+        nonlocal engine
+        if engine is None:
+            from sage_cli.models.engine import Engine
+
+            t0 = time.perf_counter()
+            engine = Engine.load(opts.backbone, opts.checkpoint, dtype=opts.dtype, device=opts.device, seed=opts.seed)
+            timing.load_s = time.perf_counter() - t0
+        return engine
+
+    examples: list[dict] = []
+    unreadable: list[str] = []
+    answered = 0
+    total = len(loaded.items)
+    for n, item in enumerate(loaded.items, 1):
+        todo = [bq for bq in item.questions if (item.id, bq.q) not in done]
+        if not todo:
+            if progress:
+                progress(n, total)
+            continue
+        try:
+            test_img = load_rgb(item.path(item.test_image))
+            ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
+        except SageError as e:
+            unreadable.append(str(e))  # retried by a later --resume; left out of the metrics
+            if opts.strict:
+                raise
+            continue
+        eng = get_engine()
+        t0 = time.perf_counter()
+        prefix = eng.encode(test_img, ref_img, facts(item.path(item.test_image)))
+        t1 = time.perf_counter()
+        answers = eng.answer_group(prefix, [bq.prompt for bq in todo], max_new_tokens=opts.max_new_tokens)
+        t2 = time.perf_counter()
+        timing.items += 1
+        timing.encode_s += t1 - t0
+        timing.answer_s += t2 - t1
+        timing.questions += len(todo)
+        timing.new_tokens += sum(a.new_tokens for a in answers)
+        sims = _sbert_scores(sbert_model, item, todo, answers)
+        recs = [_sample(item, bq, a, s) for bq, a, s in zip(todo, answers, sims)]
+        if judge is not None:
+            mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
+            for r in recs:
+                if r["q"] in mle:
+                    r["mle"] = mle[r["q"]]
+        jsonl.append(samples_path, recs)
+        for r in recs:
+            done[(item.id, r["q"])] = r
+        answered += len(recs)
+        if opts.plots and len(examples) < EXAMPLES:
+            examples.append(_example(item, test_img, eng, prefix, recs[0]))
+        if progress:
+            progress(n, total)
+
+    keys = [(it.id, bq.q) for it in loaded.items for bq in it.questions]
+    samples = [done[k] for k in keys if k in done]
+    if not samples:
+        raise SageError(f"no question could be answered ({unreadable[0] if unreadable else 'no items'})")
+    if opts.plots and len(examples) < EXAMPLES:
+        examples += _more_examples(loaded.items, done, {e["id"] for e in examples}, EXAMPLES - len(examples),
+                                   get_engine, facts)
+
+    notes = []
+    if loaded.no_reference:
+        notes.append(f"{loaded.no_reference} item(s) without a reference image left out of this one-shot run")
+    if unreadable:
+        notes.append(f"{len(unreadable)} item(s) with an unreadable image left out (first: {unreadable[0]})")
+    if facts.missing:
+        notes.append(f"{facts.missing} test image(s) had no facts in {opts.facts}; answered without facts")
+    if loaded.problems:
+        notes.append(f"{len(loaded.problems)} data problem(s) skipped while reading (first: {loaded.problems[0]})")
+    if opts.checkpoint is None:
+        notes.append("no --checkpoint: the SAGE layers are untrained, so these are not a trained model's scores")
+
+    sources: dict[str, int] = {}
+    for s in samples:
+        sources[s["verdict_source"]] = sources.get(s["verdict_source"], 0) + 1
+    results = {
+        **base,
+        "status": "done" if len(samples) == len(keys) else "partial",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metrics": metrics.summarize(samples, with_types=opts.fmt == "mmad"),
+        "counts": {"groups": len({s["group_id"] for s in samples}), "questions": len(samples),
+                   "questions_selected": len(keys), "answered_this_run": answered,
+                   "from_earlier_runs": len(samples) - answered, "no_reference": loaded.no_reference,
+                   "unreadable": len(unreadable), "data_problems": len(loaded.problems),
+                   "facts_missing": facts.missing, "verdict_sources": dict(sorted(sources.items()))},
+        "timing": timing.report(time.perf_counter() - t_start),
+        "notes": notes,
+    }
+    if engine is not None:
+        results["config"] = {**results["config"], "backbone_loaded": engine.backbone_name}
+    if opts.plots:
+        results["plots"] = _plots(out, opts, results, examples, note)
+    rundir.write_results(out, results)
+    return Outcome(results, samples, examples, notes)
+
+
+def _more_examples(items, done, have: set, n: int, get_engine, facts) -> list[dict]:
+    """Examples for items answered by earlier runs (a resumed run): encoded again, answers from samples."""
+    from sage_cli.data.images import load_rgb
+
+    out = []
+    for item in items:
+        if len(out) >= n:
+            break
+        first = done.get((item.id, item.questions[0].q))
+        if item.id in have or first is None:
+            continue
+        try:
+            test_img = load_rgb(item.path(item.test_image))
+            ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
+        except SageError:
+            continue
+        eng = get_engine()
+        prefix = eng.encode(test_img, ref_img, facts(item.path(item.test_image))) if ref_img is not None else None
+        out.append(_example(item, test_img, eng, prefix, first))
+    return out
+
+
+def _plots(out: Path, opts: BenchOptions, results: dict, examples: list[dict], note) -> dict:
+    """{name: path relative to the run folder}; empty with a note when matplotlib is missing."""
+    from sage_cli.bench import plots
+
+    if not plots.available():
+        note("plots skipped: matplotlib is not installed (pip install 'sage-cli[plots]')")
+        return {}
+    folder = out / rundir.PLOTS
+    name = results["config"].get("backbone_loaded") or opts.backbone or "sage-smol"
+    label = f"{Path(opts.checkpoint).name if opts.checkpoint else Path(name).name} · {opts.shots}-shot"
+    made = {"accuracy_by_level": plots.accuracy_by_level([(label, results["metrics"]["accuracy"])],
+                                                         folder / "accuracy_by_level.png",
+                                                         title=f"{opts.fmt}: accuracy by level")}
+    if examples:
+        made["examples"] = plots.examples(examples, folder / "examples.png")
+    return {k: str(Path(v).relative_to(out)) for k, v in made.items()}
+

@@ -1,0 +1,209 @@
+"""`sage bench manta|mpdd|mmad|qa|mvtec --root ROOT` and `sage bench compare RUN...`: the paper's metrics.
+
+`register(bench_app)` adds the commands to the `sage bench` group. The work is in sage_cli/bench/
+(items: formats -> items; runner: the loop; metrics; verdict: reading answers; plots; report: tables).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+FORMAT_HELP = {
+    "manta": "MANTA QA: JsonData/<domain>_QA.json with ImageData/<domain>/ (five yes/no questions per record).",
+    "mpdd": "MPDD-QA (MANTA's schema): JsonData/<domain>_QA.json with ImageData/<domain>/.",
+    "mmad": "MMAD: mmad.json keyed by image path; multiple-choice questions graded on the letter.",
+    "qa": "sage-qa/1 QA-group JSON Lines: one file, or every such file in a folder (for `sage prefs build`'s OUT, "
+          "give OUT/val.jsonl to score the held-out split only).",
+    "mvtec": "An MVTec-layout folder (MVTec AD, MPDD, ...): QA groups built on the fly from the annotations.",
+}
+
+
+def _bench_command(fmt: str):
+    def bench(
+        root: Path = typer.Option(..., "--root", help="The data set (see above)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory (its backbone and SAGE settings are used)."),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path without a checkpoint (default sage-smol, untrained SAGE layers)."),
+        shots: int = typer.Option(1, "--shots", help="1: with the normal reference image (one-shot); 0: the test image alone (zero-shot)."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N items per category (a stable seeded choice, as `sage prefs build --limit`)."),
+        categories: Optional[str] = typer.Option(None, "--categories", help="Only these categories, comma-separated (e.g. bottle,screw)."),
+        facts: Optional[Path] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash) or a text file (one fact per line, for every image)."),
+        judge: Optional[str] = typer.Option(None, "--judge", help="MLE scores by a judge: an OpenAI-compatible URL (http://HOST:PORT/v1), 'endpoint' (the score recipe's), or 'offline:sbert'."),
+        judge_model: Optional[str] = typer.Option(None, "--judge-model", help="The judge's model name at the endpoint."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/bench/<format>-<model>-<shots>shot)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: answer only the questions not in its samples.jsonl."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
+        max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 or float16."),
+        seed: int = typer.Option(0, "--seed", help="Seeds --limit's choice, MVTec references and untrained SAGE layers."),
+        sbert: bool = typer.Option(True, "--sbert/--no-sbert", help="SBERT similarity to the best-ranked answer (all-MiniLM-L6-v2)."),
+        plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots under RUN_DIR/plots (needs matplotlib)."),
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first data problem instead of skipping it."),
+        as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
+    ) -> None:
+        _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
+             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json)
+
+    bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC, "
+                     f"per-category accuracy{', accuracy per question type' if fmt == 'mmad' else ''}, and MLE "
+                     f"scores with --judge (the paper's Tables 1-3).\n\n{FORMAT_HELP[fmt]}\n\n"
+                     "Each item's images and facts are encoded once and its questions answered as one batch. "
+                     "RUN_DIR gets results.json, samples.jsonl (one line per answered question, written as they "
+                     "come; --resume skips finished items) and plots/. An answer without a clear yes/no is "
+                     "decided by P(yes) >= 0.5 (verdict_source \"p_yes\" in samples.jsonl).")
+    return bench
+
+
+def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
+         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json) -> None:
+    import json
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sage_cli.bench import rundir
+    from sage_cli.bench.items import load_items
+    from sage_cli.bench.runner import BenchOptions, run_bench
+    from sage_cli.errors import SageError
+    from sage_cli.prefs.pipeline import parse_categories
+
+    if shots not in (0, 1):
+        raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {shots}")
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    if resume and overwrite:
+        raise SageError("--resume and --overwrite contradict each other; give one")
+    if not root.exists():
+        raise SageError(f"{root}: no such file or directory")
+    cats = parse_categories(categories)
+    out = out or rundir.default_out(fmt, backbone, str(checkpoint) if checkpoint else None, shots)
+    loaded = load_items(fmt, root, shots, cats, limit, seed, strict)
+    opts = BenchOptions(fmt=fmt, root=root, out=out, backbone=backbone, checkpoint=str(checkpoint) if checkpoint else None,
+                        shots=shots, facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=cats,
+                        seed=seed, device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model,
+                        plots=plots, resume=resume, overwrite=overwrite, strict=strict)
+    err = Console(stderr=True)
+    notes: list[str] = []
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task(f"bench {fmt}", total=len(loaded.items))
+        outcome = run_bench(opts, loaded, progress=lambda n, total: bar.update(task, completed=n), note=notes.append)
+    res = outcome.results
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+        return
+    console = Console()
+    console.print(_run_table(res, out))
+    _breakdowns(console, res)
+    for line in [*res.get("notes", []), *notes]:
+        err.print(f"note: {line}")
+    t = res["timing"]
+    if t.get("per_group_s") is not None:
+        tps = f" · {t['tokens_per_s']:.1f} tokens/s" if t.get("tokens_per_s") else ""
+        err.print(f"{res['counts']['answered_this_run']} questions answered in this run · "
+                  f"{t['per_group_s']:.2f} s per group{tps} · load {t['load_s']:.1f} s")
+    console.print(f"results: {out / rundir.RESULTS}")
+
+
+def _run_table(res: dict, out: Path):
+    from rich.table import Table
+
+    from sage_cli.bench.report import COLUMNS, MLE_COLUMNS, cells
+
+    cfg, counts = res["config"], res["counts"]
+    model = Path(cfg["checkpoint"]).name if cfg.get("checkpoint") else cfg.get("backbone_loaded") or cfg.get("backbone") or "sage-smol"
+    mle = bool(res["metrics"].get("mle"))
+    t = Table(title=f"sage bench {res['format']} · {model} · {cfg['shots']}-shot · {counts['groups']} groups, "
+                    f"{counts['questions']} questions")
+    t.add_column("run")
+    for c in (*COLUMNS, *(MLE_COLUMNS if mle else ())):
+        t.add_column(c, justify="right")
+    t.add_row(out.name, *cells(res, mle))
+    return t
+
+
+def _breakdowns(console, res: dict) -> None:
+    from rich.table import Table
+
+    m = res["metrics"]
+    for key, title in (("per_category", "category"), ("mmad_per_type", "question type")):
+        parts = m.get(key)
+        if not parts or (key == "per_category" and len(parts) < 2):
+            continue
+        t = Table(title=f"accuracy by {title}")
+        for c in (title, "groups", "questions", "accuracy", "Acc-G"):
+            t.add_column(c, justify="left" if c == title else "right")
+        for name, v in parts.items():
+            t.add_row(name, str(v["groups"]), str(v["questions"]), f"{100 * v['accuracy']:.1f}",
+                      f"{100 * v['acc_g']:.1f}" if v["acc_g"] is not None else "-")
+        console.print(t)
+
+
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders of `sage bench` (or their results.json files)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write comparison.csv, comparison.md and accuracy_by_level.png here."),
+) -> None:
+    """Runs side by side, one row each, in the columns of the paper's Tables 1 and 3 (accuracy per level,
+    Average, Acc-G, SBERT, AUROC; MLE scores when any run has them)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sage_cli.bench import report, rundir
+    from sage_cli.errors import SageError
+
+    names, results = [], []
+    for r in runs:
+        folder = r.parent if r.is_file() else r
+        if not folder.is_dir():
+            raise SageError(f"{r}: no such run folder")
+        res = rundir.read_results(folder)
+        if res is None:
+            raise SageError(f"{r}: no {rundir.RESULTS} here (not a `sage bench` run folder)")
+        if not res.get("metrics"):
+            raise SageError(f"{folder / rundir.RESULTS}: the run has no metrics yet (status {res.get('status')}); "
+                            f"finish it with --resume")
+        names.append(folder.resolve().name)
+        results.append(res)
+    if len(set(names)) < len(names):  # same folder name in different places: show more of the path
+        names = [str(Path(r.parent if r.is_file() else r)) for r in runs]
+    mle = report.has_mle(results)
+    t = Table(title=f"sage bench compare · {len(results)} runs")
+    for c in ("run", "format", "shots", *report.COLUMNS, *(report.MLE_COLUMNS if mle else ())):
+        t.add_column(c, justify="left" if c in ("run", "format") else "right")
+    for name, res in zip(names, results):
+        t.add_row(name, str(res.get("format")), str((res.get("config") or {}).get("shots")), *report.cells(res, mle))
+    console = Console()
+    console.print(t)
+    err = Console(stderr=True)
+    if len({(r.get("format"), r.get("root")) for r in results}) > 1:
+        err.print("note: the runs are on different data; compare their numbers with care")
+    if out is not None:
+        from sage_cli import atomic
+        from sage_cli.bench import plots
+
+        if out.exists() and not out.is_dir():
+            raise SageError(f"{out}: --out must be a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "comparison.csv", report.to_csv(names, results))
+        atomic.write_text(out / "comparison.md", report.to_markdown(names, results))
+        written = ["comparison.csv", "comparison.md"]
+        if plots.available():
+            plots.accuracy_by_level([(n, r["metrics"]["accuracy"]) for n, r in zip(names, results)],
+                                    out / "accuracy_by_level.png", title="Accuracy by level")
+            written.append("accuracy_by_level.png")
+        else:
+            err.print("note: plot skipped: matplotlib is not installed (pip install 'sage-cli[plots]')")
+        console.print(f"written: {', '.join(str(out / w) for w in written)}")
+
+
+def register(bench_app: typer.Typer) -> None:
+    """Add `manta`, `mpdd`, `mmad`, `qa`, `mvtec` and `compare` to the `sage bench` group."""
+    from sage_cli.bench.items import FORMATS
+
+    for fmt in FORMATS:
+        bench_app.command(fmt)(_bench_command(fmt))
+    bench_app.command("compare")(compare)
