@@ -284,3 +284,17 @@ def test_a_group_decoded_as_one_batch_matches_one_by_one(engine):
         alone = engine.answer(prefix, q, max_new_tokens=10)
         assert a.text == alone.text and a.new_tokens == alone.new_tokens
         assert a.p_yes == pytest.approx(alone.p_yes, abs=1e-4) and a.prompt_tokens == alone.prompt_tokens
+
+
+def test_16_bit_images_keep_their_contrast_and_bombs_are_refused(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from sage_cli.data.images import load_rgb
+
+    ramp = (np.linspace(0, 65535, 56 * 56).reshape(56, 56)).astype(np.uint16)
+    PILImage.fromarray(ramp).save(tmp_path / "i16.png")
+    px = np.asarray(load_rgb(tmp_path / "i16.png"))
+    assert px.shape == (56, 56, 3) and px.min() == 0 and px.max() == 255 and 120 < px.mean() < 135
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 56 x 56 > 2 x 100: PIL calls it a bomb
+    with pytest.raises(SageError, match="too many pixels"):
+        load_rgb(tmp_path / "i16.png")
