@@ -298,3 +298,19 @@ def test_16_bit_images_keep_their_contrast_and_bombs_are_refused(tmp_path, monke
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 56 x 56 > 2 x 100: PIL calls it a bomb
     with pytest.raises(SageError, match="too many pixels"):
         load_rgb(tmp_path / "i16.png")
+
+
+def test_repetition_penalty_changes_a_looping_answer_only_after_the_first_token(engine):
+    prefix = engine.encode(_img(13), _img(14), FACTS)
+    plain = engine.answer(prefix, "Describe it.", max_new_tokens=24)
+    engine.repetition_penalty = 3.0
+    try:
+        penalised = engine.answer(prefix, "Describe it.", max_new_tokens=24)
+        grouped = engine.answer_group(prefix, ["Describe it."], max_new_tokens=24)[0]
+    finally:
+        engine.repetition_penalty = 1.0
+    assert penalised.p_yes == plain.p_yes  # P(yes) is read before any penalty applies
+    assert penalised.text == grouped.text
+    ids = engine.model.backbone.tokenizer(penalised.text)["input_ids"]
+    assert len(set(ids)) / len(ids) >= len(set(engine.model.backbone.tokenizer(plain.text)["input_ids"])) / max(
+        1, len(engine.model.backbone.tokenizer(plain.text)["input_ids"]))

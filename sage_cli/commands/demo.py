@@ -19,7 +19,7 @@ def demo(
     Each step is the `sage` command printed before it runs (its full output is in OUT/logs/). The
     scores come from the explicit offline scorer (SBERT similarity to the best answer), so no LLM
     endpoint is needed; point `sage score mle --base-url` at a judge for real MLE scores. Takes about
-    ten minutes on two CPU cores (--fast: about one).
+    six minutes on two CPU cores (--fast: about one).
     """
     from rich.console import Console
     from rich.table import Table

@@ -24,6 +24,7 @@ def infer(
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the test image with the anomaly map and the K selected patches drawn on it (.png/.jpg; needs REF)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answers, P(yes), anomaly-map stats, timings."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    repetition_penalty: float = typer.Option(1.15, "--repetition-penalty", min=1.0, help="Discourage repeating generated tokens (1 = off; small models loop without it)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 or float16."),
     seed: int = typer.Option(0, "--seed", help="Seeds the untrained SAGE layers when no checkpoint is given."),
@@ -58,7 +59,8 @@ def infer(
                         f"{test_img.size[0]}x{test_img.size[1]}; use a reference taken like the test image")
 
     t0 = time.perf_counter()
-    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed)
+    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed,
+                         repetition_penalty=repetition_penalty)
     load_s = time.perf_counter() - t0
     fact_list = _facts(facts, test, test_img, engine)
 

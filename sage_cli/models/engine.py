@@ -60,9 +60,12 @@ class Answer:
 
 
 class Engine:
-    def __init__(self, model: SageModel, backbone_name: str, checkpoint: str | None = None):
+    def __init__(self, model: SageModel, backbone_name: str, checkpoint: str | None = None,
+                 repetition_penalty: float = 1.0):
         self.model = model.eval()
         self.backbone_name, self.checkpoint = backbone_name, checkpoint
+        # > 1 discourages tokens already generated (small models loop under greedy decoding); 1 = off
+        self.repetition_penalty = repetition_penalty
         tok = model.backbone.tokenizer
         yes, no = _first_ids(tok, YES_WORDS), _first_ids(tok, NO_WORDS)
         # a token that starts both (a bare space, a single letter "N") says nothing either way
@@ -80,7 +83,7 @@ class Engine:
 
     @classmethod
     def load(cls, backbone: str | None = None, checkpoint: str | None = None, dtype: str = "auto",
-             device: str = "auto", seed: int = 0, **sage_kwargs) -> "Engine":
+             device: str = "auto", seed: int = 0, repetition_penalty: float = 1.0, **sage_kwargs) -> "Engine":
         """A backbone by name/path, wrapped in SageModel, with a checkpoint's trained weights if given.
 
         Without a checkpoint the adapter, fusion and projection are untrained (seeded, so repeatable).
@@ -99,7 +102,7 @@ class Engine:
         model = SageModel(bb, **settings).to(dev, resolve_dtype(dtype, dev))
         if checkpoint:
             ckpt.load_into(model, checkpoint, name)
-        return cls(model, name, checkpoint)
+        return cls(model, name, checkpoint, repetition_penalty)
 
     # ---- images ----------------------------------------------------------------------------
 
@@ -187,7 +190,7 @@ class Engine:
         done = [False] * n
         last = pos[:, -1]  # [n] position of each row's last token
         for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)  # [n]
+            nxt = torch.stack([_penalise(logits[i], ids[i], self.repetition_penalty) for i in range(n)]).argmax(-1)
             for i in range(n):
                 if not done[i]:
                     tok_i = int(nxt[i])
@@ -234,7 +237,7 @@ class Engine:
         shown = ""
         t_first = None
         for _ in range(max_new_tokens):
-            nxt = _pick(logits, temperature, top_p, generator)
+            nxt = _pick(_penalise(logits, ids, self.repetition_penalty), temperature, top_p, generator)
             if t_first is None:
                 t_first = time.perf_counter()
             if nxt in self.stop_ids:
@@ -263,6 +266,18 @@ class Engine:
         p = torch.softmax(logits, dim=-1)
         yes, no = float(p[self.yes_ids].sum()), float(p[self.no_ids].sum())
         return yes / (yes + no) if yes + no > 0 else 0.5
+
+
+def _penalise(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
+    """The usual repetition penalty on the tokens generated so far: positive logits divided, negative ones
+    multiplied by `penalty`. logits [V]."""
+    if penalty == 1.0 or not seen:
+        return logits
+    idx = torch.tensor(sorted(set(seen)), device=logits.device)
+    picked = logits[idx]
+    out = logits.clone()
+    out[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return out
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
