@@ -54,7 +54,8 @@ def _sage_once(engine, test, ref, facts, question, new_tokens) -> dict:
     t0 = time.perf_counter()
     prefix = engine.encode(test, ref, facts)
     a = engine.answer(prefix, question, max_new_tokens=new_tokens)
-    # TTFT of the LLM: prefill of the shared prefix + the question + the first token (what plain generate does)
+    # TTFT of the LLM: the prompt's prefill (prefix and question in one forward) + the first token, as plain
+    # generate does; prefill_s is 0 here and only counts when a prefix is prefilled on its own
     return {"ttft_s": prefix.prefill_s + a.ttft_s, "ttft_with_images_s": prefix.encode_s + prefix.prefill_s + a.ttft_s,
             "tokens_per_s": a.tokens_per_s, "new_tokens": a.new_tokens, "prompt_tokens": a.prompt_tokens,
             "total_s": time.perf_counter() - t0, "prefill_s": prefix.prefill_s, "encode_s": prefix.encode_s}

@@ -1,8 +1,10 @@
 """Answering questions with a SageModel: one image encoding and one prefill per image pair, reused.
 
-`Engine.encode` runs the vision encoder, adapter and fusion once, then prefills the LLM with the
-prompt up to the question (system, images, fact tokens). `Engine.answer` copies that KV cache,
-feeds the question and decodes greedily (or sampled), streaming text to a callback. The first
+`Engine.encode` runs the vision encoder, adapter and fusion once. The first `Engine.answer` prefills
+the prompt up to the question (system, images, fact tokens) together with its question, in one forward
+as plain generate would, then cuts the KV cache back to that prefix; later questions copy the prefix
+cache, feed only their own tokens and decode greedily (or sampled), streaming text to a callback.
+`Engine.answer_group` decodes several questions over the prefix as one batch. The first
 answer token's distribution gives P(yes) = p(yes tokens) / (p(yes tokens) + p(no tokens)).
 
 Used by `sage infer`, `sage serve` and `sage bench`; not thread-safe (callers serialise).
@@ -33,10 +35,10 @@ class Prefix:
     encoding: Encoding
     pieces: list[torch.Tensor]  # the prompt after the question: [T_j, C] pieces with the question at `at`
     at: int
-    cache: object  # the LLM's KV cache after the prefix
+    cache: object  # the LLM's KV cache of the prefix; None until the first question prefills it
     prefix_tokens: int
     encode_s: float
-    prefill_s: float
+    prefill_s: float  # prefix-only prefill (0 when it was prefilled with the first question)
 
     @property
     def has_reference(self) -> bool:
@@ -50,7 +52,7 @@ class Answer:
     p_yes: float | None  # None when the tokenizer has no yes/no tokens
     new_tokens: int
     prompt_tokens: int
-    ttft_s: float  # question prefill + first token (the prefix was paid once in encode)
+    ttft_s: float  # prefill (with the prefix for a first question, else the question alone) + first token
     decode_s: float  # after the first token
     timings: dict = field(default_factory=dict)
 
@@ -115,12 +117,18 @@ class Engine:
         ref_px = bb.preprocess([reference]) if reference is not None else None
         enc = self.model.encode(test_px, ref_px, [list(facts or [])])
         pieces, at = self.model.prompt_pieces(enc, 0, "")
-        t1 = time.perf_counter()
-        prefix = torch.cat(pieces[:at])[None]  # [1, T_prefix, C]
-        cache = _new_cache(bb.language_model)
-        self._lm(cache, inputs_embeds=prefix)
-        t2 = time.perf_counter()
-        return Prefix(enc, pieces, at, cache, prefix.shape[1], encode_s=t1 - t0, prefill_s=t2 - t1)
+        n = sum(p.shape[0] for p in pieces[:at])
+        # No prefill yet: the first question is prefilled together with the prefix (one forward, as plain
+        # generate does), and the cache is then cut back to the prefix for the questions after it.
+        return Prefix(enc, pieces, at, None, n, encode_s=time.perf_counter() - t0, prefill_s=0.0)
+
+    def _prefill(self, prefix: Prefix) -> None:
+        """Give `prefix` its cache by itself (answer_group needs it before any question)."""
+        if prefix.cache is None:
+            t0 = time.perf_counter()
+            prefix.cache = _new_cache(self.model.backbone.language_model)
+            self._lm(prefix.cache, inputs_embeds=torch.cat(prefix.pieces[: prefix.at])[None])
+            prefix.prefill_s += time.perf_counter() - t0
 
     def anomaly(self, prefix: Prefix) -> dict | None:
         """The Eq. 1 anomaly map (1 - s over the patch grid) and the K patches the fusion reads."""
@@ -147,8 +155,15 @@ class Engine:
         pieces = list(prefix.pieces)
         pieces[prefix.at] = self.model.embed_text(question.strip()).to(pieces[0].dtype)
         rest = torch.cat(pieces[prefix.at:])[None]  # [1, T_rest, C]
-        cache = copy.deepcopy(prefix.cache)  # the prefix stays untouched for the next question
-        out = self._decode(rest, cache, max_new_tokens, on_text, temperature, top_p, generator)
+        if prefix.cache is None:  # first question: prefix + question in one forward
+            cache = _new_cache(self.model.backbone.language_model)
+            out = self._decode(torch.cat([torch.cat(pieces[: prefix.at])[None], rest], dim=1), cache, max_new_tokens,
+                               on_text, temperature, top_p, generator)
+            cache.crop(-(cache.get_seq_length() - prefix.prefix_tokens))  # keep the prefix for the next questions
+            prefix.cache = cache
+        else:
+            cache = copy.deepcopy(prefix.cache)  # the prefix stays untouched for the next question
+            out = self._decode(rest, cache, max_new_tokens, on_text, temperature, top_p, generator)
         return Answer(question, out["text"], out["p_yes"], out["new_tokens"], prefix.prefix_tokens + rest.shape[1],
                       out["ttft_s"], out["decode_s"])
 
@@ -163,6 +178,7 @@ class Engine:
         """
         if any(not q.strip() for q in questions):
             raise SageError("a question is empty")
+        self._prefill(prefix)
         n, dtype, dev = len(questions), prefix.pieces[0].dtype, self.model.device
         rests = []
         for q in questions:
