@@ -1,7 +1,8 @@
 """Training speed of SAGE's choices against their plain baselines, all measured in one run.
 
 * SFE step (fact tokens fused into the prompt) vs plain supervised fine-tuning (no facts), same data;
-* E-DPO step with reference log-probs computed once vs a frozen reference model run every step;
+* E-DPO step with reference log-probs computed once vs a frozen reference model run every step
+  (each pair of configurations runs baseline, SAGE, baseline, SAGE and pools the steps of both runs);
 * an epoch with the encoder's features cached (second epoch: all hits) vs encoding every image.
 
 Each configuration trains a few warm-up steps that are not timed, then `steps` timed ones; step times
@@ -79,13 +80,25 @@ def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "
     t_setup = time.perf_counter() - t0
     with RSSPeak() as mem:
         summary = run.run(progress=lambda step, rec: steps.append(rec))
+    wall = time.perf_counter() - t0  # model load, E-DPO's reference pass, every step
     timed = [r["step_s"] for r in steps[warmup:]] or [r["step_s"] for r in steps]
     epochs: dict[int, float] = {}
     for r in steps:
         epochs[r["epoch"]] = epochs.get(r["epoch"], 0.0) + r["step_s"]
-    return {"step_s": statistics.median(timed), "steps": len(steps), "setup_s": t_setup,
+    return {"step_s": statistics.median(timed), "timed": timed, "steps": len(steps), "setup_s": t_setup, "wall_s": wall,
             "epoch_s": [epochs[e] for e in sorted(epochs)], "checkpoint": summary.get("checkpoint"),
             "cache": summary["feature_cache"], **mem.result()}
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """Several runs of one configuration: the median over all their timed steps, the largest peak."""
+    timed = [s for r in runs for s in r["timed"]]
+    out = {**runs[-1], "step_s": statistics.median(timed), "timed": timed, "runs": len(runs),
+           "total_s": statistics.mean(r["wall_s"] for r in runs)}
+    for key in ("rss_mb", "cuda_mb"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = max(vals) if vals else None
+    return out
 
 
 def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examples: int | None = 32,
@@ -103,21 +116,27 @@ def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examp
                 setattr(getattr(r, section), key, value)
             return r
 
-        log("SFE with fact tokens (Fact[FE])")
-        sfe = _timed_run("sfe", recipe(sfe_recipe), tmp / "sfe", warmup, cache_root=cache, limit=examples)
-        log("plain supervised fine-tuning (no facts)")
-        plain = _timed_run("sfe", recipe(sfe_recipe, model__facts_mode="none", data__facts=None), tmp / "plain",
-                           warmup, cache_root=cache, limit=examples)
+        def alternate(name_a, run_a, name_b, run_b) -> tuple[dict, dict]:
+            """B, A, B, A: the baseline goes first, and pooling two runs of each evens out drifts of a
+            shared machine (the first run in a process also pays one-time allocations)."""
+            got: dict[str, list[dict]] = {name_a: [], name_b: []}
+            for i, (name, fn) in enumerate([(name_b, run_b), (name_a, run_a)] * 2):
+                log(f"{name} ({i // 2 + 1} of 2)")
+                got[name].append(fn(tmp / f"{name}-{i}".replace(" ", "-")))
+            return _pooled(got[name_a]), _pooled(got[name_b])
+
+        sfe_r = recipe(sfe_recipe)
+        plain_r = recipe(sfe_recipe, model__facts_mode="none", data__facts=None)
+        sfe, plain = alternate(
+            "SFE with fact tokens", lambda d: _timed_run("sfe", sfe_r, d, warmup, cache_root=cache, limit=examples),
+            "plain SFT without facts", lambda d: _timed_run("sfe", plain_r, d, warmup, cache_root=cache,
+                                                             limit=examples))
         edpo_base = recipe(edpo_recipe, model__checkpoint=sfe["checkpoint"])
-        log("E-DPO, reference log-probs cached")
-        t0 = time.perf_counter()
-        cached = _timed_run("edpo", edpo_base, tmp / "edpo-cached", warmup, cache_root=cache, limit=examples)
-        cached["total_s"] = time.perf_counter() - t0
-        log("E-DPO, reference model run every step")
-        t0 = time.perf_counter()
-        live = _timed_run("edpo", edpo_base, tmp / "edpo-live", warmup, ref_mode="model", cache_root=cache,
-                          limit=examples)
-        live["total_s"] = time.perf_counter() - t0
+        cached, live = alternate(
+            "E-DPO, cached reference", lambda d: _timed_run("edpo", edpo_base, d, warmup, cache_root=cache,
+                                                             limit=examples),
+            "E-DPO, reference model every step", lambda d: _timed_run("edpo", edpo_base, d, warmup, ref_mode="model",
+                                                                       cache_root=cache, limit=examples))
 
         # Feature cache: two epochs over a small slice; with the cache the second epoch reads every feature.
         two = recipe(sfe_recipe)

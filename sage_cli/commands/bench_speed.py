@@ -87,7 +87,7 @@ def train(
     root: Optional[Path] = typer.Option(None, "--root", help="Image root of the data (default: from its manifest)."),
     recipe: str = typer.Option("sage-smol", "--recipe", "-r", help="The sfe/ and edpo/ recipe of this name."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides applied to both recipes, e.g. train.batch_size=2."),
-    steps: int = typer.Option(10, "--steps", min=1, help="Timed optimizer steps per configuration."),
+    steps: int = typer.Option(6, "--steps", min=1, help="Timed optimizer steps per run (each configuration runs twice)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed steps first."),
     examples: int = typer.Option(32, "--examples", min=1, help="Training examples used (the epoch comparison runs two epochs over them)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
@@ -139,8 +139,8 @@ def train(
     def mem(x):
         return f"{x['rss_mb']:.0f} MiB" if x.get("rss_mb") is not None else "n/a"
 
-    t = Table(title=f"training speed · {both[0].model.backbone} · median of {steps} steps after {warmup} warm-up · "
-                    f"{examples} examples")
+    t = Table(title=f"training speed · {both[0].model.backbone} · median of 2 x {steps} steps (2 runs, each after "
+                    f"{warmup} warm-up) · {examples} examples")
     for col in ("comparison", "SAGE", "baseline", "ratio", "target", "peak mem (SAGE / base)"):
         t.add_column(col, justify="left" if col == "comparison" else "right")
     t.add_row("SFE step vs plain SFT (no facts)", f"{res['sfe']['step_s'] * 1e3:.0f} ms",
@@ -156,7 +156,8 @@ def train(
     console.print(f"1st epoch with the cache (filling it): {w['epoch_s'][0]:.1f} s · E-DPO wall time incl. model "
                   f"load and, when cached, the one reference pass over the examples: cached "
                   f"{res['edpo_cached_ref']['total_s']:.1f} s, live {res['edpo_live_ref']['total_s']:.1f} s · peak memory "
-                  "is training's, above the loaded model")
+                  "is training's, above the loaded model (on a CPU the process's first run also pays one-time "
+                  "allocations; CUDA peaks are exact)")
 
 
 @speed_app.command("group")
