@@ -86,7 +86,7 @@ def build_model(recipe, stage: str, dtype: torch.dtype, device):
     model.requires_grad_(False)
     for name, p in model.named_parameters():
         part = _part_of(name)
-        if part in ("adapter",) or (part in ("fusion", "projector") and stage == "sfe"):
+        if part == "adapter" or (part in ("fusion", "projector") and stage == "sfe"):
             p.requires_grad_(True)
         elif part == "llm":
             p.requires_grad_("lora_" in name if lora_settings else True)
