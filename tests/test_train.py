@@ -55,10 +55,30 @@ def test_gradients_push_chosen_up_and_rejected_down():
 
 
 def test_sequence_logps_counts_only_labelled_tokens():
-    logits = torch.zeros(1, 4, 3)  # uniform over 3 tokens
+    logits = torch.zeros(1, 4, 3)  # uniform over 3 tokens; the identity as head reads them as logits
     logits[0, 1, 2] = math.log(2.0)  # position 1 predicts token 2 with p = 2/4
     labels = torch.tensor([[-100, -100, 2, 0]])  # tokens 2 and 3 are answer tokens
-    assert sequence_logps(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(1 / 3))
+    sums, counts = sequence_logps(logits, torch.nn.Identity(), labels)
+    assert sums.item() == pytest.approx(math.log(0.5) + math.log(1 / 3)) and counts.item() == 2
+
+
+def test_sfe_objective_equals_the_llms_own_loss():
+    """The answer-positions-only head gives the cross-entropy transformers computes over full logits."""
+    from sage_cli.models.sage import SageModel
+    from sage_cli.train.objective import SFEObjective
+    from tiny_models import tiny_composed
+
+    torch.manual_seed(0)
+    model = SageModel(tiny_composed())
+    bb = model.backbone
+    px = torch.randn(2, 3, 56, 56)
+    f_t, f_r = bb.vision_features(px), bb.vision_features(px.flip(-1))
+    args = (["A widget fact here.", "Another one."], ["Is it broken?", "Where?"], ["Yes, a scratch.", "Top left."])
+    facts = [[args[0][0]], [args[0][1]]]
+    with torch.no_grad():
+        ours = SFEObjective(model)(f_t, f_r, facts, args[1], args[2])
+        theirs = model(model.assemble(model.encode_features(f_t, f_r, facts), args[1], args[2])).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
 
 
 def test_ranks_take_different_slices_of_a_seeded_order():

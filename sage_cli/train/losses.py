@@ -8,15 +8,21 @@ import torch.nn.functional as F
 from sage_cli.models.sage import IGNORE
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(token) over each sequence's labelled tokens: logits [B, T, V], labels [B, T] -> [B].
+def sequence_logps(hidden: torch.Tensor, head, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(token) over each sequence's labelled tokens, and how many there are: [B], [B].
 
-    Position t predicts token t+1, so logits and labels are shifted by one; IGNORE labels count zero.
+    hidden [B, T, C] is the decoder's last hidden state, `head` the LM head, labels [B, T] (IGNORE outside
+    the answers). Position t predicts token t+1. The head runs only at the N positions that predict an
+    answer token: full-vocabulary logits for every prompt position would be most of a small LLM's step
+    and are never used.
     """
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != IGNORE
-    picked = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    return (picked * mask).sum(-1)
+    h, labels = hidden[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE  # [B, T-1]
+    logits = head(h[mask]).float()  # [N, V]
+    picked = F.log_softmax(logits, dim=-1).gather(1, labels[mask].unsqueeze(1)).squeeze(1)  # [N]
+    rows = mask.nonzero(as_tuple=True)[0]
+    sums = torch.zeros(labels.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    return sums, mask.sum(-1)
 
 
 def edpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

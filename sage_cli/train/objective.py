@@ -12,8 +12,15 @@ from torch import nn
 from sage_cli.train.losses import sequence_logps
 
 
+def _answer_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM's decoder on a built batch, then log-probs of the answer tokens only: sums [B], counts [B]."""
+    lm = model.backbone.language_model
+    hidden = lm.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).last_hidden_state
+    return sequence_logps(hidden, lm.lm_head, batch.labels)  # hidden: [B, T, C]
+
+
 class SFEObjective(nn.Module):
-    """Stage 1: cross-entropy on the answer tokens (Eq. 8)."""
+    """Stage 1: cross-entropy on the answer tokens (Eq. 8), averaged over all answer tokens of the batch."""
 
     def __init__(self, model):
         super().__init__()
@@ -22,8 +29,8 @@ class SFEObjective(nn.Module):
     def forward(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]], questions: list[str],
                 answers: list[str]) -> torch.Tensor:
         m = self.model
-        batch = m.assemble(m.encode_features(f_t, f_r, facts), questions, answers)
-        return m(batch).loss
+        sums, counts = _answer_logps(m, m.assemble(m.encode_features(f_t, f_r, facts), questions, answers))
+        return -sums.sum() / counts.sum().clamp(min=1)
 
 
 class PairLogps(nn.Module):
@@ -38,7 +45,6 @@ class PairLogps(nn.Module):
         m = self.model
         enc = m.encode_features(f_t, f_r, facts).repeat(2)  # sample i at rows 2i (chosen) and 2i+1 (rejected)
         answers = [a for pair in zip(chosen, rejected) for a in pair]
-        batch = m.assemble(enc, [q for q in questions for _ in range(2)], answers)
-        out = m.backbone.language_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
-        logps = sequence_logps(out.logits, batch.labels).view(-1, 2)  # [B, 2]
+        sums, _ = _answer_logps(m, m.assemble(enc, [q for q in questions for _ in range(2)], answers))
+        logps = sums.view(-1, 2)  # [B, 2]
         return logps[:, 0], logps[:, 1]
