@@ -266,7 +266,7 @@ def test_train_speed_measures_each_pair_in_one_run(world):
     sfe = load_recipe("sage-smol", "sfe", common + [f"data.train={world['qa']}"])
     edpo = load_recipe("sage-smol", "edpo", common + [f"data.train={world['pairs']}"])
     res = train_speed(sfe, edpo, steps=2, warmup=1, examples=8, log=lambda m: None)
-    assert set(res["ratios"]) == {"sfe_vs_plain_step", "edpo_cached_vs_live_step", "epoch2_cache_vs_none"}
+    assert {"sfe_vs_plain_step", "edpo_cached_vs_live_step", "epoch2_cache_vs_none"} <= set(res["ratios"])
     assert all(v > 0 for v in res["ratios"].values())
     assert res["sfe"]["steps"] == res["edpo_live_ref"]["steps"] == 3
     on, off = res["epochs_with_cache"], res["epochs_without_cache"]

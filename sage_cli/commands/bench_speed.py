@@ -139,8 +139,8 @@ def train(
     def mem(x):
         return f"{x['rss_mb']:.0f} MiB" if x.get("rss_mb") is not None else "n/a"
 
-    t = Table(title=f"training speed · {both[0].model.backbone} · median of 2 x {steps} steps (2 runs, each after "
-                    f"{warmup} warm-up) · {examples} examples")
+    t = Table(title=f"training speed · {both[0].model.backbone} · 2 runs x {steps} steps per side, each after "
+                    f"{warmup} warm-up · {examples} examples · ratio = median over the same batches")
     for col in ("comparison", "SAGE", "baseline", "ratio", "target", "peak mem (SAGE / base)"):
         t.add_column(col, justify="left" if col == "comparison" else "right")
     t.add_row("SFE step vs plain SFT (no facts)", f"{res['sfe']['step_s'] * 1e3:.0f} ms",
