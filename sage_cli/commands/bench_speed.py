@@ -13,20 +13,31 @@ speed_app = typer.Typer(help="Speed against a plain baseline measured in the sam
 
 _SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "hazelnut_sample" / "hazelnut" / "train" / "good"
 
+# Options the speed commands share.
+TEST = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo).")
+REFERENCE = typer.Option(None, "--reference", help="Reference image (default: another bundled photo).")
+BACKBONE = typer.Option(None, "--backbone", help="Backbone name or VLM path (default sage-smol).")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="A sage checkpoint directory.")
+NUM_FACTS = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE]).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+DTYPE = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
+OUT = typer.Option(None, "--out", help="Also write the figures as JSON here.")
+AS_JSON = typer.Option(False, "--json", help="Print the figures as JSON instead of a table.")
+
 
 @speed_app.command("infer")
 def infer(
-    test: Optional[Path] = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference image (default: another bundled photo)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or VLM path (default sage-smol)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory."),
-    num_facts: int = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE])."),
+    test: Optional[Path] = TEST,
+    reference: Optional[Path] = REFERENCE,
+    backbone: Optional[str] = BACKBONE,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    num_facts: int = NUM_FACTS,
     new_tokens: int = typer.Option(64, "--new-tokens", min=2, help="Tokens generated per run on both sides."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs per side (medians are reported)."),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    out: Optional[Path] = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Time to first token and tokens/s of `sage infer` against plain `generate` of the same LLM.
 
@@ -90,8 +101,8 @@ def train(
     steps: int = typer.Option(6, "--steps", min=1, help="Timed optimizer steps per run (each configuration runs twice)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed steps first."),
     examples: int = typer.Option(32, "--examples", min=1, help="Training examples used (the epoch comparison runs two epochs over them)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
+    out: Optional[Path] = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Step time of SFE against plain fine-tuning, of E-DPO with cached reference log-probs against a
     reference model run every step, and epoch time with the feature cache against without it.
@@ -162,19 +173,19 @@ def train(
 
 @speed_app.command("group")
 def group(
-    test: Optional[Path] = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference image (default: another bundled photo)."),
+    test: Optional[Path] = TEST,
+    reference: Optional[Path] = REFERENCE,
     zero_shot: bool = typer.Option(False, "--zero-shot", help="No reference image."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or VLM path (default sage-smol)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory."),
+    backbone: Optional[str] = BACKBONE,
+    checkpoint: Optional[Path] = CHECKPOINT,
     questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="The group's questions, one per line (default: five typical ones)."),
-    num_facts: int = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE])."),
+    num_facts: int = NUM_FACTS,
     new_tokens: int = typer.Option(32, "--new-tokens", min=1, help="Longest answer per question, on both sides."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs per side (medians are reported)."),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    out: Optional[Path] = OUT,
+    as_json: bool = AS_JSON,
 ) -> None:
     """A question group as `sage bench` answers it (one encoding and prefill, the questions decoded as one
     batch) against each question answered from scratch (its own encoding, prefill and decoding).
