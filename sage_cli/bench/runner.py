@@ -99,34 +99,18 @@ class Outcome:
 
 
 class Facts:
-    """Facts per test image: a facts JSON Lines file (by image hash) or one text file for every image."""
+    """Facts per test image (sage_cli.facts.store.FactsFile), counting the images that had none."""
 
     def __init__(self, path: Path | None):
-        self.path, self.same, self.by_sha, self.missing = path, None, {}, 0
-        if path is None:
-            return
-        from sage_cli.facts.store import facts_for_image, read_facts
+        from sage_cli.facts.store import FactsFile
 
-        path = Path(path)
-        if not path.is_file():
-            raise SageError(f"{path}: facts file not found")
-        first = next((ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()), "")
-        if not first.lstrip().startswith("{"):
-            self.same = facts_for_image(path, path)  # a plain list: the image is not looked at
-            return
-        for (sha, _, _), rec in read_facts(path).items():
-            self.by_sha.setdefault(sha, []).extend(rec.get("facts", []))
-        if not self.by_sha:
-            raise SageError(f"{path}: no sage-facts records in this file")
+        self.file = FactsFile(path) if path is not None else None
+        self.missing = 0
 
     def __call__(self, image: Path) -> list[str]:
-        if self.path is None:
+        if self.file is None:
             return []
-        if self.same is not None:
-            return self.same
-        from sage_cli.facts.store import sha256_file
-
-        found = self.by_sha.get(sha256_file(image))
+        found = self.file.lookup(image)
         if found is None:
             self.missing += 1  # answered without facts; counted in results.json
             return []

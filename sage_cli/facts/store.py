@@ -12,16 +12,9 @@ from pathlib import Path
 
 from sage_cli import jsonl
 from sage_cli.errors import SageError
+from sage_cli.models.cache import sha256_file  # noqa: F401  (re-exported: facts are keyed by it)
 
 FACTS_FORMAT = "sage-facts/1"
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prompt_set_id(prompts: list[str]) -> str:
@@ -49,22 +42,44 @@ def read_facts(path: Path | str) -> dict[tuple[str, str, str], dict]:
     return out
 
 
+class FactsFile:
+    """Facts per image from one file: a facts JSON Lines file (matched by image content; the facts of every
+    record of an image, in file order) or a text file with one fact per line, used for every image."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            what = "not found" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.__class__.__name__})"
+            raise SageError(f"{path}: facts file {what}") from None
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        self.same: list[str] | None = None  # the plain-text list
+        self.by_sha: dict[str, list[str]] = {}
+        self._sha: dict[Path, str] = {}
+        if not first.lstrip().startswith("{"):
+            self.same = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+            if not self.same:
+                raise SageError(f"{path}: no facts in the file")
+            return
+        for (sha, _, _), rec in read_facts(self.path).items():
+            self.by_sha.setdefault(sha, []).extend(rec.get("facts", []))
+        if not self.by_sha:
+            raise SageError(f"{path}: no sage-facts records in this file")
+
+    def lookup(self, image: Path | str) -> list[str] | None:
+        """The image's facts; None when a facts JSON Lines file has no record of it."""
+        if self.same is not None:
+            return self.same
+        image = Path(image)
+        if image not in self._sha:
+            self._sha[image] = sha256_file(image)
+        return self.by_sha.get(self._sha[image])
+
+
 def facts_for_image(path: Path | str, image: Path | str) -> list[str]:
-    """Facts for one image from a facts JSON Lines file (matched by content hash) or a plain text file
-    with one fact per line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SageError(f"{path}: cannot read the facts file ({e.__class__.__name__})") from None
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    if not first.lstrip().startswith("{"):
-        facts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if not facts:
-            raise SageError(f"{path}: no facts in the file")
-        return facts
-    sha = sha256_file(image)
-    found = [rec for k, rec in read_facts(path).items() if k[0] == sha]
-    if not found:
+    """Facts for one image (`sage infer --facts FILE`); an image without a record is an error."""
+    found = FactsFile(path).lookup(image)
+    if found is None:
         raise SageError(f"{path}: no facts for {image} (run `sage facts extract` on it, or use --facts auto)")
-    return [f for rec in found for f in rec.get("facts", [])]
+    return found

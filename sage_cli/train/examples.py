@@ -51,28 +51,15 @@ def _image(root: Path, rel: str | None, where: str) -> Path | None:
 
 
 class FactsIndex:
-    """Facts by test image content, from a facts JSON Lines file (none given = no facts)."""
+    """Facts by test image (sage_cli.facts.store.FactsFile); none given = no facts, no record = no facts."""
 
     def __init__(self, path: str | Path | None):
-        from sage_cli.facts.store import read_facts
+        from sage_cli.facts.store import FactsFile
 
-        self.by_sha: dict[str, list[str]] = {}
-        if path is None:
-            return
-        if not Path(path).is_file():
-            raise SageError(f"{path}: facts file not found")
-        for (sha, _, _), rec in read_facts(path).items():
-            self.by_sha[sha] = list(rec.get("facts", []))
-        self._sha: dict[Path, str] = {}
+        self.file = FactsFile(path) if path is not None else None
 
     def __call__(self, image: Path) -> list[str]:
-        if not self.by_sha:
-            return []
-        from sage_cli.facts.store import sha256_file
-
-        if image not in self._sha:
-            self._sha[image] = sha256_file(image)
-        return self.by_sha.get(self._sha[image], [])
+        return (self.file.lookup(image) or []) if self.file is not None else []
 
 
 def sfe_examples(qa_path: str | Path, root: str | Path | None, facts: FactsIndex, shots: int) -> list[SFEExample]:
