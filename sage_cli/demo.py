@@ -8,15 +8,13 @@ rerun skips the steps whose outputs exist (each command is itself resumable or a
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sage_cli.errors import SageError
-from sage_cli.toy import SAMPLE
+from sage_cli.toy import SAMPLE, last_line, run_captured
 
 
 @dataclass
@@ -85,20 +83,14 @@ def example_pair(s: Settings) -> tuple[Path, Path]:
 
 def run_step(name: str, argv: list[str], log_dir: Path) -> tuple[float, str]:
     """Run `sage argv` in-process, its output to log_dir/<name>.log; returns (seconds, stdout)."""
-    from sage_cli.cli import run
-
-    out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = run(argv)
+    rc, out, err = run_captured(argv)
     dt = time.perf_counter() - t0
     log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / f"{name}.log").write_text(f"$ sage {' '.join(argv)}\n\n{out.getvalue()}\n{err.getvalue()}",
-                                         encoding="utf-8")
+    (log_dir / f"{name}.log").write_text(f"$ sage {' '.join(argv)}\n\n{out}\n{err}", encoding="utf-8")
     if rc != 0:
-        last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
-        raise SageError(f"demo step {name!r} failed: {last} (log: {log_dir / f'{name}.log'})")
-    return dt, out.getvalue()
+        raise SageError(f"demo step {name!r} failed: {last_line(err)} (log: {log_dir / f'{name}.log'})")
+    return dt, out
 
 
 def run_demo(s: Settings, say=print) -> dict:

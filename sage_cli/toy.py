@@ -26,19 +26,25 @@ FIXED_FACTS = [  # used where the content of the facts does not matter (speed me
 ]
 
 
-def sage_step(argv: list[str], quiet: bool = True) -> None:
-    """Run one `sage` command in-process; a failure becomes a SageError naming the command."""
+def run_captured(argv: list[str]) -> tuple[int, str, str]:
+    """Run one `sage` command in-process with its output captured: (exit code, stdout, stderr)."""
     from sage_cli.cli import run
 
-    err = io.StringIO()
-    with contextlib.ExitStack() as stack:
-        if quiet:
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-            stack.enter_context(contextlib.redirect_stderr(err))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = run(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["(no message)"])[-1]
+
+
+def sage_step(argv: list[str]) -> None:
+    """Run one `sage` command quietly; a failure becomes a SageError naming the command."""
+    rc, _, err = run_captured(argv)
     if rc != 0:
-        last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
-        raise SageError(f"`sage {' '.join(argv)}` failed: {last}")
+        raise SageError(f"`sage {' '.join(argv)}` failed: {last_line(err)}")
 
 
 def write_fixed_facts(qa_file: Path, out: Path) -> Path:
@@ -55,14 +61,13 @@ def write_fixed_facts(qa_file: Path, out: Path) -> Path:
     return out
 
 
-def make_toy_data(out: Path, image_size: int = 224, seed: int = 0, quiet: bool = True) -> dict:
+def make_toy_data(out: Path, image_size: int = 224, seed: int = 0) -> dict:
     """synth -> prefs -> offline scores (+ fixed facts) under `out`; returns the paths training needs."""
     out = Path(out)
     synth, prefs, scores = out / "synth", out / "prefs", out / "scores"
     sage_step(["data", "synth", "--from", str(SAMPLE), "--out", str(synth), "--image-size", str(image_size),
-               "--per-image", "1", "--seed", str(seed)], quiet)
-    sage_step(["prefs", "build", "--from", str(synth), "--out", str(prefs), "--seed", str(seed), "--val-frac", "0"],
-              quiet)
-    sage_step(["score", "mle", str(prefs / "train.jsonl"), "--out", str(scores), "--judge", "offline:sbert"], quiet)
+               "--per-image", "1", "--seed", str(seed)])
+    sage_step(["prefs", "build", "--from", str(synth), "--out", str(prefs), "--seed", str(seed), "--val-frac", "0"])
+    sage_step(["score", "mle", str(prefs / "train.jsonl"), "--out", str(scores), "--judge", "offline:sbert"])
     facts = write_fixed_facts(prefs / "train.jsonl", out / "facts.jsonl")
     return {"root": synth, "qa": prefs / "train.jsonl", "pairs": scores / "pairs.jsonl", "facts": facts}
