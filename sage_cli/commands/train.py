@@ -143,7 +143,7 @@ def _relaunch(config: str) -> None:
 
     path = find_accelerate_config(config)
     argv, skip = [], False
-    for i, arg in enumerate(sys.argv[1:]):
+    for arg in sys.argv[1:]:
         if skip:
             skip = False
             continue

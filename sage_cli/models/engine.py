@@ -78,10 +78,14 @@ class Engine:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
-    def _lm(self, cache, **inputs):
-        """One LLM step that extends `cache` in place; returns the last position's logits [V] in float32."""
+    def _lm_rows(self, cache, **inputs) -> torch.Tensor:
+        """One LLM step that extends `cache` in place; the last position's logits of every row [n, V], float32."""
         out = self.model.backbone.language_model(**inputs, use_cache=True, **{self._cache_kw: cache}, **self._last_only)
-        return out.logits[0, -1].float()
+        return out.logits[:, -1].float()
+
+    def _lm(self, cache, **inputs) -> torch.Tensor:
+        """`_lm_rows` for a batch of one: logits [V]."""
+        return self._lm_rows(cache, **inputs)[0]
 
     @classmethod
     def load(cls, backbone: str | None = None, checkpoint: str | None = None, dtype: str = "auto",
@@ -225,11 +229,6 @@ class Engine:
         prompt = [prefix.prefix_tokens + r.shape[0] for r in rests]
         return [Answer(q, tok.decode(ids[i], skip_special_tokens=True).strip(), p_yes[i], len(ids[i]), prompt[i],
                        t_first - t0, t_end - t_first) for i, q in enumerate(questions)]
-
-    def _lm_rows(self, cache, **inputs) -> torch.Tensor:
-        """One batched LLM step extending `cache`; the last position's logits of every row [n, V], float32."""
-        out = self.model.backbone.language_model(**inputs, use_cache=True, **{self._cache_kw: cache}, **self._last_only)
-        return out.logits[:, -1].float()
 
     @torch.no_grad()
     def chat(self, messages: list[dict], max_new_tokens: int = 128, on_text=None, temperature: float = 0.0,
