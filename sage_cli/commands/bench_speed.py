@@ -25,6 +25,34 @@ OUT = typer.Option(None, "--out", help="Also write the figures as JSON here.")
 AS_JSON = typer.Option(False, "--json", help="Print the figures as JSON instead of a table.")
 
 
+def _setup(test, reference, zero_shot: bool, backbone, checkpoint, device: str, dtype: str, num_facts: int):
+    """What a speed run answers with: the engine, the test / reference images (bundled photos by default;
+    no reference zero-shot) and `num_facts` fixed fact sentences."""
+    from sage_cli.data.images import load_rgb
+    from sage_cli.errors import SageError
+    from sage_cli.models.engine import Engine
+
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    test_img = load_rgb(test or _SAMPLE / "00.jpg")
+    ref_img = None if zero_shot else load_rgb(reference or _SAMPLE / "01.jpg")
+    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)
+    facts = [f"Fact {i + 1}: hazelnuts can show cracks, holes, stains or print marks on the shell."
+             for i in range(num_facts)]
+    return engine, test_img, ref_img, facts
+
+
+def _emit(res: dict, out, as_json: bool) -> bool:
+    """Write the figures to `out` (if given); print them as JSON with --json. True when that was all."""
+    from sage_cli import atomic
+
+    if out is not None:
+        atomic.write_text(out, json.dumps(res, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    return as_json
+
+
 @speed_app.command("infer")
 def infer(
     test: Optional[Path] = TEST,
@@ -49,25 +77,15 @@ def infer(
     from rich.progress import Progress
     from rich.table import Table
 
-    from sage_cli import atomic
     from sage_cli.bench.speed import infer_speed
-    from sage_cli.data.images import load_rgb
-    from sage_cli.models.engine import Engine
 
-    test_img = load_rgb(test or _SAMPLE / "00.jpg")
-    ref_img = load_rgb(reference or _SAMPLE / "01.jpg")
-    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)
-    facts = [f"Fact {i + 1}: hazelnuts can show cracks, holes, stains or print marks on the shell."
-             for i in range(num_facts)]
+    engine, test_img, ref_img, facts = _setup(test, reference, False, backbone, checkpoint, device, dtype, num_facts)
     question = "Is there any defect on the test object? Where is it and why does it matter?"
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("timing plain generate, then sage", total=2 * repeats)
         res = infer_speed(engine, test_img, ref_img, facts, question, new_tokens, repeats,
                           progress=lambda: bar.advance(task))
-    if out is not None:
-        atomic.write_text(out, json.dumps(res, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
+    if _emit(res, out, as_json):
         return
     t = Table(title=f"sage infer vs plain generate · {res['backbone']} · {res['device']} {res['dtype']} · "
                     f"{res['prompt_tokens']} prompt + {res['new_tokens']} new tokens · median of {repeats}")
@@ -115,7 +133,6 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from sage_cli import atomic
     from sage_cli.bench.train_speed import train_speed
     from sage_cli.config import load_recipe
     from sage_cli.errors import SageError
@@ -140,10 +157,7 @@ def train(
         res = train_speed(both[0], both[1], steps=steps, warmup=warmup, examples=examples, log=log)
     for k in ("sfe", "plain_sft", "edpo_cached_ref", "edpo_live_ref", "epochs_with_cache", "epochs_without_cache"):
         res[k].pop("checkpoint", None)  # it lived in a temporary folder
-    if out is not None:
-        atomic.write_text(out, json.dumps(res, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
+    if _emit(res, out, as_json):
         return
     r = res["ratios"]
 
@@ -196,30 +210,20 @@ def group(
     from rich.progress import Progress
     from rich.table import Table
 
-    from sage_cli import atomic
     from sage_cli.bench.group_speed import DEFAULT_QUESTIONS, group_speed
-    from sage_cli.data.images import load_rgb
     from sage_cli.errors import SageError
-    from sage_cli.models.engine import Engine, read_questions
+    from sage_cli.models.engine import read_questions
 
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
     if zero_shot and reference is not None:
         raise SageError("--zero-shot and --reference contradict each other; give one")
     questions = read_questions(questions_file) if questions_file is not None else list(DEFAULT_QUESTIONS)
-    test_img = load_rgb(test or _SAMPLE / "00.jpg")
-    ref_img = None if zero_shot else load_rgb(reference or _SAMPLE / "01.jpg")
-    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)
-    facts = [f"Fact {i + 1}: hazelnuts can show cracks, holes, stains or print marks on the shell."
-             for i in range(num_facts)]
+    engine, test_img, ref_img, facts = _setup(test, reference, zero_shot, backbone, checkpoint, device, dtype,
+                                              num_facts)
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("timing grouped, then from scratch", total=2 * repeats)
         res = group_speed(engine, test_img, ref_img, facts, questions, new_tokens, repeats,
                           progress=lambda: bar.advance(task))
-    if out is not None:
-        atomic.write_text(out, json.dumps(res, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
+    if _emit(res, out, as_json):
         return
     g, s = res["grouped"], res["scratch"]
     t = Table(title=f"question group: grouped vs from scratch · {res['backbone']} · {res['device']} {res['dtype']} · "
