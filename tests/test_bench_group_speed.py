@@ -8,20 +8,14 @@ import json
 import os
 
 import torch
-from PIL import Image
 
 from sage_cli.bench.group_speed import group_speed
 from sage_cli.cli import run
 from sage_cli.models.engine import Engine
 from sage_cli.models.sage import SageModel
-from tiny_models import save_tiny_internvl, tiny_composed
+from tiny_models import save_tiny_internvl, tiny_composed, noise_image as _img
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _img(seed):
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).byte().numpy())
 
 
 def test_grouped_answers_equal_the_one_by_one_answers():

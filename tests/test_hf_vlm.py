@@ -7,14 +7,17 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 
 from sage_cli.errors import SageError
 from sage_cli.models.hf_vlm import InternVLBackbone, LlavaBackbone, load_hf_vlm
 from sage_cli.models.sage import IGNORE, SageModel
-from tiny_models import save_tiny_internvl as _save_internvl, save_tiny_llava as _save_llava
+from tiny_models import save_tiny_internvl as _save_internvl, save_tiny_llava as _save_llava, noise_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _images(n, seed, size=(60, 50)):  # not square: the backbones must resize
+    return noise_images(n, seed, size)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +33,6 @@ def llava(tmp_path_factory):
 @pytest.fixture(scope="module", params=["internvl", "llava"])
 def backbone(request):
     return request.getfixturevalue(request.param)
-
-
-def _images(n, seed, size=(60, 50)):
-    g = torch.Generator().manual_seed(seed)
-    return [Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
 
 
 def test_loader_picks_the_wrapper(internvl, llava):

@@ -19,15 +19,10 @@ from sage_cli.facts.writer import split_sentences
 from sage_cli.models import checkpoint
 from sage_cli.models.engine import Engine, read_questions
 from sage_cli.models.sage import SageModel
-from tiny_models import save_tiny_internvl, tiny_composed
+from tiny_models import save_tiny_internvl, tiny_composed, noise_image as _img
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FACTS = ["Widgets often show scratches on the rim.", "A normal widget is uniformly grey."]
-
-
-def _img(seed, size=(56, 56)):
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
 
 
 @pytest.fixture(scope="module")

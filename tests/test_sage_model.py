@@ -2,15 +2,9 @@
 
 import pytest
 import torch
-from PIL import Image
 
 from sage_cli.models.sage import IGNORE, SageModel
-from tiny_models import tiny_composed
-
-
-def _images(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [Image.fromarray((torch.rand(56, 56, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+from tiny_models import tiny_composed, noise_images as _images
 
 
 @pytest.fixture(scope="module")

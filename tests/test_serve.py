@@ -28,18 +28,13 @@ from sage_cli.models.engine import Engine
 from sage_cli.models.sage import SageModel
 from sage_cli.serve.protocol import Limits
 from sage_cli.serve.server import is_loopback, make_server
-from tiny_models import save_tiny_internvl, tiny_composed
+from tiny_models import save_tiny_internvl, tiny_composed, noise_image as _img
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FACTS = ["Widgets often show scratches on the rim.", "A normal widget is uniformly grey."]
 KEY = "sk-test-9f8e7d6c5b4a"
 # Small enough to reach with tiny images; the 56x56 test images pass (noise PNG ~9.5 kB, 3,136 px).
 LIMITS = Limits(max_tokens=16, max_body_bytes=200_000, max_image_bytes=20_000, max_image_pixels=100 * 100)
-
-
-def _img(seed, size=(56, 56)):
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
 
 
 def _png(img) -> bytes:

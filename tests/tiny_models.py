@@ -88,3 +88,17 @@ def save_tiny_llava(path):
     LlavaForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path  # no image processor saved: the config's fixed-size fallback is used
+
+
+def noise_images(n: int, seed: int, size=(56, 56)) -> list:
+    """n seeded RGB noise images (PIL) of `size` (w, h), drawn from one generator."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+
+
+def noise_image(seed: int, size=(56, 56)):
+    """One seeded RGB noise image (PIL) of `size` (w, h)."""
+    return noise_images(1, seed, size)[0]
