@@ -39,3 +39,12 @@ def test_bench_speed_infer_command(tmp_path, capsys):
                 "--repeats", "1", "--new-tokens", "3", "--json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text()) and set(printed["ratios"]) == {"ttft", "ttft_with_images", "per_token"}
+
+
+def test_bench_speed_bad_input_is_one_line(tmp_path, capsys):
+    for argv, match in ((["bench", "speed", "infer", "--checkpoint", str(tmp_path / "none")], "checkpoint directory not found"),
+                        (["bench", "speed", "group", "--checkpoint", str(tmp_path / "none")], "checkpoint directory not found"),
+                        (["bench", "speed", "train", "--train", str(tmp_path / "qa.jsonl")], "--train needs --pairs")):
+        assert run(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and match in err and err.count("\n") == 1

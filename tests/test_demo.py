@@ -25,3 +25,12 @@ def test_demo_fast_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     assert run(["demo", "--fast", "--backbone", str(vlm), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "[skip] sfe" in err and "[skip] edpo" in err
+
+
+def test_a_failing_step_is_one_line_naming_it_and_its_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert run(["demo", "--fast", "--backbone", str(tmp_path / "no-such-model"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: demo step 'facts' failed") and str(out / "logs" / "facts.log") in err
+    assert (out / "synth" / "synth.json").is_file()  # the finished step stays for the rerun
