@@ -54,6 +54,14 @@ def test_detection_auroc_reads_only_labelled_samples():
     assert metrics.detection_auroc(rows) == (1.0, 2)
 
 
+def test_map_auroc_scores_the_map_peak():
+    rows = [s("a", 0, "standard", True, detect_label=True, map_max=0.9),
+            s("b", 0, "standard", True, detect_label=False, map_max=0.95),
+            s("c", 0, "standard", True, detect_label=True, map_max=0.97), s("c", 1, "standard", True)]
+    assert metrics.map_auroc(rows) == pytest.approx(0.5)  # one of the two defects ranks above the normal
+    assert metrics.map_auroc(rows[:1]) is None
+
+
 def test_per_category_sbert_mle_and_summary():
     rows = SAMPLES + [s("g4", 0, "standard", False, category="wheat", sbert=0.5, mle={"type": 2, "location": 4,
                                                                                       "logic": 3, "mle": 3.0})]
@@ -66,15 +74,15 @@ def test_per_category_sbert_mle_and_summary():
     assert metrics.mle_means(rows) == {"type": 2, "location": 4, "logic": 3, "score": 3.0, "answers": 1, "failed": 1}
     assert metrics.mle_means(SAMPLES) is None
     summary = metrics.summarize(rows, with_types=True)
-    assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "per_category",
-                            "mmad_per_type"}
+    assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "auroc_map",
+                            "per_category", "mmad_per_type"}
     assert summary["auroc"] is None
 
 
 def test_report_cells_like_the_papers_tables():
     res = {"metrics": {"accuracy": {"standard": 0.706, "identification": 0.657, "diagnosis": None, "average": 0.696},
-                       "acc_g": 0.1732, "sbert": 0.7012, "auroc": None, "mle": None}}
-    assert report.cells(res) == ["70.6", "65.7", "-", "69.6", "17.3", "0.70", "-"]
+                       "acc_g": 0.1732, "sbert": 0.7012, "auroc": None, "auroc_map": 0.8125, "mle": None}}
+    assert report.cells(res) == ["70.6", "65.7", "-", "69.6", "17.3", "0.70", "-", "0.812"]
     md = report.to_markdown(["run-a"], [res])
     assert md.splitlines()[0].startswith("| Run | Standard |") and "| run-a | 70.6 |" in md
     assert report.to_csv(["run-a"], [res]).splitlines()[1].startswith("run-a,")

@@ -194,6 +194,8 @@ def test_mvtec_end_to_end_and_compare(vlm, make_tiny_mvtec, tmp_path, capsys, mo
     res = json.loads((one / "results.json").read_text())
     assert res["counts"] == {**res["counts"], "groups": 3, "questions": 15}
     assert res["metrics"]["auroc_groups"] == 3 and res["metrics"]["auroc"] is not None  # 1 good + 2 scratched
+    assert res["metrics"]["auroc_map"] is not None  # the map's peak as a detector, one-shot only
+    assert json.loads((zero / "results.json").read_text())["metrics"]["auroc_map"] is None
     assert set(res["metrics"]["accuracy"]) == {"standard", "identification", "diagnosis", "average"}
     assert all(v is not None for v in res["metrics"]["accuracy"].values())
 

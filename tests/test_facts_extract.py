@@ -57,6 +57,23 @@ def test_local_backbone_writes_then_resumes(make_tiny_mvtec, tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().err
 
 
+def test_per_category_asks_one_image_per_category(make_tiny_mvtec, tmp_path, capsys):
+    root = make_tiny_mvtec()
+    make_tiny_mvtec(root, category="gadget", defects={"dent": 1}, size=(20, 20))  # other bytes
+    vlm = save_tiny_internvl(tmp_path / "vlm")
+    args = _recipe_args(tmp_path, "--from", str(root), f"backbone={vlm}", "max_new_tokens=4", "--per-category")
+    assert run(args) == 0
+    recs = _lines(tmp_path / "facts.jsonl")
+    asked = [r for r in recs if "shared_from" not in r]
+    assert sorted(r["category"] for r in asked) == ["gadget", "widget"]  # one model call per category
+    assert len(recs) == 5 and len({r["image_sha256"] for r in recs}) == 5
+    for r in recs:
+        src = next(a for a in asked if a["category"] == r["category"])
+        assert r["facts"] == src["facts"] and r.get("shared_from", r["image"]) == src["image"]
+    assert run(args) == 0 and len(_lines(tmp_path / "facts.jsonl")) == 5
+    assert "nothing to do" in capsys.readouterr().err
+
+
 def test_endpoint_sends_images_and_keeps_the_key_secret(make_tiny_mvtec, tmp_path, monkeypatch, capsys):
     root = make_tiny_mvtec()
     monkeypatch.setenv("FACTS_KEY", "sk-secret-123")

@@ -79,6 +79,13 @@ def detection_auroc(samples: list[dict]) -> tuple[float | None, int]:
     return auroc([p[0] for p in pairs], [p[1] for p in pairs]), len(pairs)
 
 
+def map_auroc(samples: list[dict]) -> float | None:
+    """AUROC of the anomaly map's peak as the defect score (a detector that needs no language model)."""
+    pairs = [(bool(s["detect_label"]), float(s["map_max"])) for s in samples
+             if s.get("detect_label") is not None and s.get("map_max") is not None]
+    return auroc([p[0] for p in pairs], [p[1] for p in pairs])
+
+
 def by_key(samples: list[dict], key: str) -> dict[str, dict]:
     """{value of `key`: {accuracy, acc_g, questions, groups}} for per-category and per-type tables."""
     parts: dict[str, list[dict]] = defaultdict(list)
@@ -113,6 +120,7 @@ def summarize(samples: list[dict], with_types: bool = False) -> dict:
         "mle": mle_means(samples),
         "auroc": auc,
         "auroc_groups": n_auc,
+        "auroc_map": map_auroc(samples),
         "per_category": by_key(samples, "category"),
     }
     if with_types:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
-COLUMNS = ("Standard", "Identification", "Diagnosis", "Average", "Acc-G", "SBERT", "AUROC")
+COLUMNS = ("Standard", "Identification", "Diagnosis", "Average", "Acc-G", "SBERT", "AUROC", "Map AUROC")
 MLE_COLUMNS = ("Type", "Location", "Logic", "Score")  # Table 2 and Table 3's "Score"
 
 
@@ -25,7 +25,7 @@ def cells(results: dict, with_mle: bool = False) -> list[str]:
     m = results.get("metrics") or {}
     acc = m.get("accuracy") or {}
     row = [_pct(acc.get("standard")), _pct(acc.get("identification")), _pct(acc.get("diagnosis")),
-           _pct(acc.get("average")), _pct(m.get("acc_g")), _num(m.get("sbert"), 2), _num(m.get("auroc"), 3)]
+           _pct(acc.get("average")), _pct(m.get("acc_g")), _num(m.get("sbert"), 2), _num(m.get("auroc"), 3), _num(m.get("auroc_map"), 3)]
     if with_mle:
         mle = m.get("mle") or {}
         row += [_num(mle.get(k), 2) for k in ("type", "location", "logic", "score")]

@@ -178,7 +178,7 @@ class BenchJudge:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _sample(item: BenchItem, bq, answer, sbert: float | None) -> dict:
+def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | None = None) -> dict:
     from sage_cli.bench.verdict import parse_choice, verdict
 
     text = answer.text
@@ -202,6 +202,10 @@ def _sample(item: BenchItem, bq, answer, sbert: float | None) -> dict:
         # +1: "is there a defect?" (yes = defective); -1: "is it free of defects?" (yes = normal)
         s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
         s["detect_score"] = p_yes if bq.detect > 0 else 1.0 - p_yes
+    if bq.detect is not None and map_max is not None:
+        # the training-free detector: the Eq. 1 map's peak (one-shot only), scored like P(yes)
+        s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
+        s["map_max"] = map_max
     return s
 
 
@@ -297,7 +301,8 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         timing.questions += len(todo)
         timing.new_tokens += sum(a.new_tokens for a in answers)
         sims = _sbert_scores(sbert_model, item, todo, answers)
-        recs = [_sample(item, bq, a, s) for bq, a, s in zip(todo, answers, sims)]
+        amap = eng.anomaly(prefix)
+        recs = [_sample(item, bq, a, s, amap["max"] if amap else None) for bq, a, s in zip(todo, answers, sims)]
         if judge is not None:
             mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
             for r in recs:

@@ -117,12 +117,11 @@ def _run_table(res: dict, out: Path):
     cfg, counts = res["config"], res["counts"]
     model = Path(cfg["checkpoint"]).name if cfg.get("checkpoint") else cfg.get("backbone_loaded") or cfg.get("backbone") or "sage-smol"
     mle = bool(res["metrics"].get("mle"))
-    t = Table(title=f"sage bench {res['format']} · {model} · {cfg['shots']}-shot · {counts['groups']} groups, "
-                    f"{counts['questions']} questions")
-    t.add_column("run")
+    t = Table(title=f"sage bench {res['format']} · {out.name} · {model} · {cfg['shots']}-shot · "
+                    f"{counts['groups']} groups, {counts['questions']} questions")
     for c in (*COLUMNS, *(MLE_COLUMNS if mle else ())):
         t.add_column(c, justify="right")
-    t.add_row(out.name, *cells(res, mle))
+    t.add_row(*cells(res, mle))
     return t
 
 

@@ -23,6 +23,7 @@ def extract(
     max_facts: int = typer.Option(16, "--max-facts", min=1, help="Keep at most this many sentences per image."),
     device: str = typer.Option("auto", "--device", help="Local backbone: auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="Local backbone: auto, float32, bfloat16 or float16."),
+    per_category: bool = typer.Option(False, "--per-category", help="Ask about one image per category and give its facts to the category's other images (recorded as shared_from): facts about the kind of object, at a fraction of the cost."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be asked, ask nothing."),
     print_config: bool = PRINT_CONFIG,
 ) -> None:
@@ -67,29 +68,36 @@ def extract(
     todo = fx.targets(src, fmt, which)
     left, done = fx.pending(todo, out, name, pid)
     left = left[:limit] if limit else left
+    share: list = []
+    if per_category:
+        left, share = fx.split_by_category(left, out, name, pid)
     source = ep.describe() if ep else f"local {cfg.backbone}"
-    console.print(f"{len(todo)} images · {done} have facts already · {len(left)} to ask · "
+    shared = f" ({len(share)} more share their category's facts)" if per_category else ""
+    console.print(f"{len(todo)} images · {done} have facts already · {len(left)} to ask{shared} · "
                   f"{len(cfg.prompts)} prompts each · {source}")
     if dry_run:
         if left:
             first = fx.prompts_for(cfg.context, cfg.prompts, left[0].category)
             console.print(f"first image: {left[0].rel}\nfirst prompt: {first[0]}")
         return
-    if not left:
+    if not left and not share:
         console.print(f"nothing to do: {out}")
         return
 
+    written, failed = 0, []
     columns = (TextColumn("facts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("facts", total=len(left))
         step = lambda: bar.advance(task)  # noqa: E731
-        if ep is not None:
+        if ep is not None and left:
             written, failed = fx.run_endpoint(ep, left, out, cfg, name, pid, max_facts, on_image=step)
-        else:
+        elif left:
             from sage_cli.models.engine import Engine
 
             engine = Engine.load(cfg.backbone, dtype=dtype, device=device)
-            written, failed = fx.run_local(engine, left, out, cfg, name, pid, max_facts, on_image=step), []
+            written = fx.run_local(engine, left, out, cfg, name, pid, max_facts, on_image=step)
+    if share:
+        console.print(f"{fx.share_category_facts(share, out, name, pid)} images share their category's facts")
     for f in failed[:5]:
         console.print(f"[yellow]skipped[/] {f}")
     console.print(f"wrote facts for {written} images ({len(failed)} skipped, asked again on the next run) → {out}")

@@ -89,6 +89,38 @@ def pending(todo: list[Target], out: Path, model: str, prompt_id: str) -> tuple[
     return left, len(todo) - len(left)
 
 
+def split_by_category(left: list[Target], out: Path, model: str, prompt_id: str) -> tuple[list[Target], list[Target]]:
+    """(one image to ask per category that has no record yet, the images that will share its facts)."""
+    have = {r.get("category", "") for r in read_facts(out).values() if r["model"] == model and r["prompt_id"] == prompt_id}
+    ask: dict[str, Target] = {}
+    share = []
+    for t in left:
+        if t.category in have or t.category in ask:
+            share.append(t)
+        else:
+            ask[t.category] = t
+    return list(ask.values()), share
+
+
+def share_category_facts(share: list[Target], out: Path, model: str, prompt_id: str) -> int:
+    """Give each image the facts of the first image of its category asked with this model and prompt set.
+
+    The record names the image asked (`shared_from`), so a facts file says which facts were not about
+    the image itself. Images whose category has no asked record yet are left for the next run."""
+    first: dict[str, dict] = {}
+    for r in read_facts(out).values():
+        if r["model"] == model and r["prompt_id"] == prompt_id and "shared_from" not in r:
+            first.setdefault(r.get("category", ""), r)
+    recs = []
+    for t in share:
+        src = first.get(t.category)
+        if src is not None:
+            recs.append({"format": FACTS_FORMAT, "image": t.rel, "image_sha256": t.sha256, "model": model,
+                         "prompt_id": prompt_id, "category": t.category, "prompts": src["prompts"],
+                         "facts": src["facts"], "shared_from": src["image"]})
+    return jsonl.append(out, recs) if recs else 0
+
+
 def record(t: Target, model: str, prompt_id: str, prompts: list[str], replies: list[str], limit: int,
            context: str = "") -> dict:
     echo = tuple(split_sentences(context_line(context, t.category))) if context else ()
