@@ -37,7 +37,7 @@ train_app = _group("train", "The two training stages: SFE (stage 1) and E-DPO (s
 bench_app = _group("bench", "The paper's metrics (accuracy per level, Acc-G, SBERT, MLE) on QA benchmarks.")
 data_app = _group("data", "Inspect dataset roots and make synthetic defects.")
 recipes_app = _group("recipes", "Find, read, copy and validate YAML recipes.")
-models_app = _group("models", "The embedded sage-smol backbone: what is installed and cached, and building it.")
+models_app = _group("models", "The embedded sage-smol backbone (what is installed and cached, building it) and packing checkpoints.")
 
 data_app.command("ls")(data_ls.ls)
 data_app.command("synth")(data_synth.synth)
@@ -49,6 +49,7 @@ recipes_app.command("cp")(recipes_cmd.cp)
 
 models_app.command("ls")(models_cmd.ls)
 models_app.command("build")(models_cmd.build)
+models_app.command("pack")(models_cmd.pack)
 
 
 facts_app.command("extract")(facts_extract.extract)

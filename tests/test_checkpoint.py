@@ -62,3 +62,38 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     other.fusion.w_v = torch.nn.Linear(65, 64, bias=False)
     with pytest.raises(SageError, match=r"fusion.w_v.weight has shape \(64, 64\), the model expects \(64, 65\)"):
         checkpoint.load_into(other, out, backbone="tiny")
+
+
+def test_pack_halves_the_weights_and_loads_back(tmp_path):
+    trained = SageModel(tiny_composed(seed=1), k_patches=2).eval()
+    src = checkpoint.save(trained, tmp_path / "ckpt", backbone="tiny")
+    dst = tmp_path / "packed"
+    dst.mkdir()
+    (dst / "MODEL_CARD.md").write_text("card")  # kept beside the weights
+    checkpoint.pack(src, dst, "float16")
+    assert (dst / "MODEL_CARD.md").read_text() == "card"
+    assert json.loads((dst / "config.json").read_text())["dtype"] == "float16"
+    assert (dst / "model.safetensors").stat().st_size < 0.6 * (src / "model.safetensors").stat().st_size
+    with torch.no_grad():
+        expected = trained(_batch(trained)).logits
+        fresh = SageModel(tiny_composed(seed=1), k_patches=2).eval()
+        checkpoint.load_into(fresh, dst, backbone="tiny")
+        assert fresh.fusion.w_q.weight.dtype == torch.float32  # cast back on load
+        assert torch.allclose(fresh(_batch(fresh)).logits, expected, atol=5e-2)
+    with pytest.raises(SageError, match="--dtype must be"):
+        checkpoint.pack(src, tmp_path / "x", "int8")
+
+
+def test_resolve_names_the_shipped_checkpoint(tmp_path, monkeypatch):
+    ship = tmp_path / "assets" / "sage-smol"
+    monkeypatch.setattr(checkpoint, "shipped_dir", lambda: ship)
+    assert checkpoint.resolve(None, None) is None  # nothing shipped: untrained sage-smol
+    with pytest.raises(SageError, match="no shipped sage-smol"):
+        checkpoint.resolve("sage-smol", None)
+    checkpoint.save(SageModel(tiny_composed(), k_patches=2), ship, backbone="tiny")
+    assert checkpoint.resolve(None, None) == str(ship)  # the default
+    assert checkpoint.resolve("sage-smol", None) == str(ship)
+    assert checkpoint.resolve(None, "some-backbone") is None  # a backbone alone: untrained layers
+    assert checkpoint.resolve(tmp_path / "assets" / "sage-smol", None) == str(ship)
+    with pytest.raises(SageError, match="checkpoint directory not found"):
+        checkpoint.resolve(tmp_path / "nope", None)

@@ -24,8 +24,8 @@ FORMAT_HELP = {
 def _bench_command(fmt: str):
     def bench(
         root: Path = typer.Option(..., "--root", help="The data set (see above)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory (its backbone and SAGE settings are used)."),
-        backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path without a checkpoint (default sage-smol, untrained SAGE layers)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
         shots: int = typer.Option(1, "--shots", help="1: with the normal reference image (one-shot); 0: the test image alone (zero-shot)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N items per category (a stable seeded choice, as `sage prefs build --limit`)."),
         categories: Optional[str] = typer.Option(None, "--categories", help="Only these categories, comma-separated (e.g. bottle,screw)."),
@@ -69,12 +69,12 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
     from sage_cli.bench.items import load_items
     from sage_cli.bench.runner import BenchOptions, run_bench
     from sage_cli.errors import SageError
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
     from sage_cli.prefs.pipeline import parse_categories
 
     if shots not in (0, 1):
         raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {shots}")
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    checkpoint = resolve_checkpoint(checkpoint, backbone)
     if resume and overwrite:
         raise SageError("--resume and --overwrite contradict each other; give one")
     if not root.exists():

@@ -16,8 +16,8 @@ _SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "hazelnut_sample" / "
 # Options the speed commands share.
 TEST = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo).")
 REFERENCE = typer.Option(None, "--reference", help="Reference image (default: another bundled photo).")
-BACKBONE = typer.Option(None, "--backbone", help="Backbone name or VLM path (default sage-smol).")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="A sage checkpoint directory.")
+BACKBONE = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint).")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given).")
 NUM_FACTS = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE]).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 DTYPE = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
@@ -29,11 +29,10 @@ def _setup(test, reference, zero_shot: bool, backbone, checkpoint, device: str, 
     """What a speed run answers with: the engine, the test / reference images (bundled photos by default;
     no reference zero-shot) and `num_facts` fixed fact sentences."""
     from sage_cli.data.images import load_rgb
-    from sage_cli.errors import SageError
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
     from sage_cli.models.engine import Engine
 
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    checkpoint = resolve_checkpoint(checkpoint, backbone)
     test_img = load_rgb(test or _SAMPLE / "00.jpg")
     ref_img = None if zero_shot else load_rgb(reference or _SAMPLE / "01.jpg")
     engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)

@@ -18,8 +18,8 @@ def infer(
     reference: Optional[Path] = typer.Argument(None, help="Normal reference image of the same part, same size; omit for zero-shot."),
     question: Optional[list[str]] = typer.Option(None, "--question", "-q", help=f"A question (repeatable; all share one image encoding). Default: {DEFAULT_QUESTION!r}"),
     questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="More questions, one per line (# comments allowed)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory (its backbone and SAGE settings are used)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path when no checkpoint is given (default sage-smol, untrained SAGE layers)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
     facts: Optional[str] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash), a text file with one fact per line, or 'auto' to write them with the backbone now."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the test image with the anomaly map and the K selected patches drawn on it (.png/.jpg; needs REF)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answers, P(yes), anomaly-map stats, timings."),
@@ -37,6 +37,7 @@ def infer(
     """
     from sage_cli.data.images import load_rgb
     from sage_cli.errors import SageError
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
     from sage_cli.models.engine import Engine, read_questions
 
     questions = list(question or [])
@@ -49,8 +50,7 @@ def infer(
             raise SageError("a question is empty (-q needs text)")
     if heatmap is not None and reference is None:
         raise SageError("--heatmap needs a reference image: the anomaly map compares the test image with it")
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    checkpoint = resolve_checkpoint(checkpoint, backbone)
 
     test_img = load_rgb(test)
     ref_img = load_rgb(reference) if reference is not None else None

@@ -1,6 +1,9 @@
-"""`sage models ls|build`: which backbones are available here and the embedded model's cache."""
+"""`sage models ls|build|pack`: which backbones are available here, the embedded model's cache, and packing a
+checkpoint for shipping."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -55,3 +58,20 @@ def build(
         raise SageError(f"only {SAGE_SMOL} is built from packaged weights; use other VLMs by path (got {name!r})")
     for path in build_sage_smol(force=force, verify=verify):
         typer.echo(f"ready: {path}")
+
+
+def pack(
+    checkpoint: Path = typer.Argument(..., help="A sage checkpoint directory."),
+    out: Path = typer.Option(..., "--out", help="Where to write the packed checkpoint (files already there other than the weights and config, such as a model card, are kept)."),
+    dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32."),
+) -> None:
+    """Write a copy of a checkpoint with its weights in half precision: half the bytes, for shipping; loading casts them back."""
+    from sage_cli.models import checkpoint as ckpt
+
+    if not checkpoint.is_dir():
+        from sage_cli.errors import SageError
+
+        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    dst = ckpt.pack(checkpoint, out, dtype)
+    size = (dst / ckpt.WEIGHTS).stat().st_size / 2**20
+    typer.echo(f"packed {checkpoint} -> {dst} ({dtype}, {size:.1f} MiB)")

@@ -11,8 +11,8 @@ import typer
 
 
 def serve(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory (its backbone and SAGE settings are used)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path when no checkpoint is given (default sage-smol, untrained SAGE layers)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
     llm_only: bool = typer.Option(False, "--llm-only", help="Text chat with the backbone's LLM only (a local judge or fact writer); images are refused."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback is reachable from other machines: use --api-key-env."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: a free one; the URL is printed)."),
@@ -37,11 +37,11 @@ def serve(
     temperature defaults to 0 (greedy).
     """
     from sage_cli.errors import SageError
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
     from sage_cli.serve.protocol import MB, Limits
     from sage_cli.serve.server import check_port_free, is_loopback, make_server
 
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
+    checkpoint = resolve_checkpoint(checkpoint, backbone)
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)

@@ -18,6 +18,57 @@ from sage_cli.errors import SageError
 
 FORMAT = "sage-checkpoint/1"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+SHIPPED = "sage-smol"  # the checkpoint that ships inside the package (see its MODEL_CARD.md)
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "assets" / SHIPPED
+
+
+def resolve(checkpoint: str | Path | None, backbone: str | None) -> str | None:
+    """The checkpoint directory a command should load.
+
+    A directory is itself; the name ``sage-smol`` is the shipped checkpoint; no checkpoint and no
+    backbone means the shipped checkpoint when this install has it; a backbone alone means untrained
+    SAGE layers on it (None)."""
+    ship = shipped_dir()
+    if checkpoint is None:
+        return str(ship) if backbone is None and (ship / CONFIG).is_file() else None
+    if Path(checkpoint).is_dir():
+        return str(checkpoint)
+    if str(checkpoint) == SHIPPED:
+        if not (ship / CONFIG).is_file():
+            raise SageError(f"this install has no shipped {SHIPPED} checkpoint ({ship})")
+        return str(ship)
+    raise SageError(f"{checkpoint}: checkpoint directory not found")
+
+
+def pack(src: str | Path, dst: str | Path, dtype: str = "float16") -> Path:
+    """Copy a checkpoint with its floating-point weights cast to `dtype` (half the bytes of float32).
+
+    Loading casts them back to the model's dtype, so a packed checkpoint loads anywhere."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = read_config(src)
+    to = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype)
+    if to is None:
+        raise SageError(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}")
+    state = {k: v.to(to) if v.is_floating_point() else v for k, v in load_file(str(Path(src) / WEIGHTS)).items()}
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        keep = [p for p in out.iterdir() if p.name not in (CONFIG, WEIGHTS)] if out.is_dir() else []
+        for p in keep:  # a model card or licence beside the weights stays
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps({**config, "dtype": dtype}, indent=2), encoding="utf-8")
+        swap_in_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def trained_state(model) -> dict:
