@@ -291,6 +291,16 @@ _OBJECTS: dict[str, ObjectInfo] = {
     "pcb3": ObjectInfo("circuit board", "electronics", "board"),
     "pcb4": ObjectInfo("circuit board", "electronics", "board"),
     "pipe_fryum": ObjectInfo("pipe fryum", "food", "surface"),
+    # sage data normals (procedural and scikit-image photo categories)
+    "brushed_metal": ObjectInfo("brushed metal plate", "metal parts", "brushed finish"),
+    "woven_fabric": ObjectInfo("woven fabric", "textiles", "weave"),
+    "wood_plank": ObjectInfo("wood plank", "building materials", "grain"),
+    "ceramic_tile": ObjectInfo("ceramic tile", "building materials", "glaze"),
+    "washer": ObjectInfo("washer", "metal parts", "surface"),
+    "gear": ObjectInfo("gear", "metal parts", "surface"),
+    "brick": ObjectInfo("brick wall", "building materials", "surface"),
+    "grass": ObjectInfo("grass sample", "natural materials", "blades"),
+    "gravel": ObjectInfo("gravel sample", "building materials", "stones"),
 }
 
 
