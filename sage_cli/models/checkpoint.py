@@ -81,8 +81,12 @@ def trained_state(model) -> dict:
     return state
 
 
-def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, lora: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically (a temp dir renamed into place)."""
+def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, lora: dict | None = None,
+         state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (a temp dir renamed into place).
+
+    `state` is `trained_state(model)` when given already gathered (a model sharded with FSDP holds only
+    slices of its tensors); by default it is read from `model`."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -104,7 +108,7 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, l
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        state = {k: v.contiguous().cpu() for k, v in trained_state(model).items()}
+        state = {k: v.contiguous().cpu() for k, v in (trained_state(model) if state is None else state).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         swap_in_dir(tmp, out)

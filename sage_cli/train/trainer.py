@@ -1,4 +1,5 @@
-"""Both training stages on `accelerate`: one CPU process, one GPU, or data-parallel processes (DDP).
+"""Both training stages on `accelerate`: one CPU process, one GPU, data-parallel processes (DDP), or
+sharded data-parallel processes (FSDP2: an accelerate config with `distributed_type: FSDP`).
 
 A run directory holds everything of one run:
 
@@ -12,12 +13,17 @@ A run directory holds everything of one run:
 
 Data order is a seeded permutation per epoch, split into global batches; process r takes the r-th
 slice of each, so ranks see different examples and a resumed run replays the same order.
+
+Under FSDP each process holds a slice of every parameter and optimizer state; checkpoints and resumable
+states are still written whole (gathered), in the same format as without sharding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -142,6 +148,107 @@ def make_plan(stage: str, n: int, n_val: int, recipe, world: int) -> Plan:
     return Plan(stage, n, n_val, world, tc.batch_size, tc.grad_accum, per_epoch, total)
 
 
+# ---- sharded data parallel (FSDP2) ----------------------------------------------------------------
+
+
+@dataclass
+class FSDPSettings:
+    reshard_after_forward: bool = True  # free gathered layers after forward (re-gather in backward)
+
+
+def take_fsdp_request() -> FSDPSettings | None:
+    """The FSDP settings `accelerate launch` puts in the environment for `distributed_type: FSDP`, taken out
+    of it so that the Accelerator stays plain data-parallel and sage shards the model itself (`shard`).
+
+    accelerate ignores FSDP on CPU (gloo) and silently runs DDP there; sharding with torch's
+    `fully_shard` directly runs the same code on CPU and GPU.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    version = os.environ.get("FSDP_VERSION", "1")
+    if version != "2":
+        raise SageError(f"FSDP version {version} is not supported: set fsdp_config.fsdp_version: 2 in the "
+                        "accelerate config (sage shards with FSDP2)")
+    if os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+        raise SageError("FSDP parameter offloading is not supported: set fsdp_config.fsdp_offload_params: false")
+    os.environ.pop("ACCELERATE_USE_FSDP")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() in ("true", "full_shard")
+    return FSDPSettings(reshard_after_forward=reshard)
+
+
+def shard(objective, model, device, world: int, settings: FSDPSettings) -> int:
+    """Shard `objective` (and the SageModel in it) in place with FSDP2; returns the number of layer units.
+
+    Each LLM decoder layer is one unit, gathered only while it runs; everything else (adapter, fusion,
+    projection, embeddings, head) is the root unit, gathered for the whole step, so a batch that skips
+    the fusion layer on one process cannot leave the processes' collectives out of step. The frozen
+    vision encoder stays whole on every process: the feature cache runs it outside the training step,
+    on however many uncached images each process has.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    llm = model.backbone.parts()["llm"]
+    layer_classes = set(getattr(llm, "_no_split_modules", None) or ())  # transformers: the decoder layers
+    layers = [m for m in llm.modules() if type(m).__name__ in layer_classes]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)
+    fully_shard(objective, mesh=mesh, reshard_after_forward=settings.reshard_after_forward,
+                ignored_params=set(model.backbone.parts()["vision"].parameters()))
+    return len(layers)
+
+
+def _is_shard(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def whole(state: dict, keep: bool = True) -> dict:
+    """`state` on the CPU, FSDP shards gathered into whole tensors; empty unless `keep`.
+
+    Gathering is collective: every process calls this, with the same keys in the same order.
+    """
+    out = {}
+    for k, v in state.items():
+        if _is_shard(v):
+            v = v.full_tensor()
+        if keep:
+            out[k] = v.detach().cpu() if torch.is_tensor(v) else v
+    return out
+
+
+def _like(tensor: torch.Tensor, param):
+    """A whole tensor cut like `param`: this process's slice when `param` is an FSDP shard of that shape."""
+    if not (_is_shard(param) and tuple(tensor.shape) == tuple(param.shape)):
+        return tensor
+    from torch.distributed.tensor import distribute_tensor
+
+    # src_data_rank=None: every process holds the whole tensor and keeps its own slice, no communication
+    return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def sharding_record(model, optimizer) -> dict:
+    """How much of the parameters and optimizer states this process holds (evidence of sharding)."""
+    rec = {"sharded_params": 0, "whole_params": 0, "numel": 0, "local_numel": 0, "trainable_numel": 0,
+           "trainable_local_numel": 0, "optimizer_numel": 0, "optimizer_local_numel": 0}
+    for p in model.parameters():
+        local = p.to_local().numel() if _is_shard(p) else p.numel()
+        rec["sharded_params" if _is_shard(p) else "whole_params"] += 1
+        rec["numel"] += p.numel()
+        rec["local_numel"] += local
+        if p.requires_grad:
+            rec["trainable_numel"] += p.numel()
+            rec["trainable_local_numel"] += local
+    for s in optimizer.state.values():
+        for v in s.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                rec["optimizer_numel"] += v.numel()
+                rec["optimizer_local_numel"] += v.to_local().numel() if _is_shard(v) else v.numel()
+    return rec
+
+
 # ---- resumable state ------------------------------------------------------------------------------
 
 
@@ -162,24 +269,28 @@ def _set_rng_state(state: dict) -> None:
 def save_state(accelerator, run_dir: Path, model, optimizer, scheduler, progress: dict) -> Path:
     """state/step-N: the trained weights, optimizer, scheduler, each process's RNG, where the run is.
 
-    Written to a temporary folder and renamed into place, so a kill leaves the previous state whole.
+    Every process calls it (FSDP shards are gathered); the main one writes whole tensors, so a state
+    has the same files with or without sharding. Written to a temporary folder and renamed into place,
+    so a kill leaves the previous state whole.
     """
     from safetensors.torch import save_file
 
     from sage_cli.models.checkpoint import trained_state
 
+    main = accelerator.is_main_process
     states = run_dir / "state"
     final = states / f"step-{progress['step']:07d}"
     tmp = states / f".step-{progress['step']:07d}.tmp"
-    if accelerator.is_main_process:
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file({k: v.detach().contiguous().cpu() for k, v in trained_state(model).items()},
-                  str(tmp / "trained.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    trained = whole(trained_state(model), keep=main)
+    optim = _whole_optimizer_state(optimizer, keep=main)
+    if main:
+        save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -204,13 +315,28 @@ def load_state(accelerator, state_dir: Path, model, optimizer, scheduler) -> dic
     names = _trained_names(model)
     with torch.no_grad():
         for key, tensor in trained.items():
-            own[names[key]].copy_(tensor)
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+            own[names[key]].copy_(_like(tensor, own[names[key]]))
+    _load_optimizer_state(optimizer, torch.load(state_dir / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
     rng = state_dir / f"rng-{accelerator.process_index}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=True))
     return json.loads((state_dir / "progress.json").read_text(encoding="utf-8"))
+
+
+def _whole_optimizer_state(optimizer, keep: bool) -> dict:
+    """optimizer.state_dict() with whole tensors on the CPU (gathered under FSDP); empty unless `keep`."""
+    sd = optimizer.state_dict()
+    state = {i: whole(s, keep) for i, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]} if keep else {}
+
+
+def _load_optimizer_state(optimizer, sd: dict) -> None:
+    """Load a state of whole tensors, each cut to this process's slice where its parameter is sharded."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # state_dict numbers them in this order
+    sd["state"] = {i: {k: _like(v, params[i]) if torch.is_tensor(v) else v for k, v in s.items()}
+                   for i, s in sd["state"].items()}
+    optimizer.load_state_dict(sd)
 
 
 def _trained_names(model) -> dict[str, str]:
@@ -279,13 +405,18 @@ class Run:
         self.train_set, self.val_set = load_examples(stage, recipe)
         if limit:
             self.train_set = self.train_set[:limit]  # benchmarks time a slice of the data
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            # checked before the Accelerator: on CPU accelerate would silently fall back to DDP
+            raise SageError("DeepSpeed is not supported: use FSDP (--accelerate-config fsdp) to shard large "
+                            "backbones, or DDP (--accelerate-config ddp) with LoRA and gradient checkpointing")
+        self.fsdp = take_fsdp_request()
+        if self.fsdp and recipe.train.precision == "fp16":
+            raise SageError("FSDP trains in bf16 or fp32, not fp16 (its loss scaling does not cover shards): "
+                            "set train.precision=bf16")
         self.accelerator = _accelerator(recipe)
         acc = self.accelerator
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-            # Sharded parameters need gathered checkpoints and sharded optimizer states; not built yet.
-            raise SageError(f"{acc.distributed_type.name} is not supported yet: sage's checkpoints and resumable "
-                            "states assume whole parameters on every process; use DDP (--accelerate-config ddp) "
-                            "with LoRA and gradient checkpointing to fit large backbones")
+        if self.fsdp and not torch.distributed.is_initialized():
+            raise SageError("FSDP needs processes started by `accelerate launch` (--accelerate-config fsdp)")
         self.plan = make_plan(stage, len(self.train_set), len(self.val_set), recipe, acc.num_processes)
         torch.manual_seed(recipe.train.seed)  # the new layers (fusion, projection, LoRA) start the same every run
         self.model, self.lora = build_model(recipe, stage, _dtype(recipe, acc.device), acc.device)
@@ -366,19 +497,12 @@ class Run:
     def run(self, resume: bool = False, progress=None, log=None) -> dict:
         """Train to the end of the plan; returns the final summary. `progress(step, metrics)` is called
         after each optimizer step on the main process."""
-        from torch.optim import AdamW
-        from transformers import get_linear_schedule_with_warmup
-
         from sage_cli.train.losses import edpo_loss
         from sage_cli.train.objective import PairLogps, SFEObjective
 
         acc, rc, plan = self.accelerator, self.recipe, self.plan
         torch.manual_seed(rc.train.seed)
         random.seed(rc.train.seed)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = AdamW(params, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, min(rc.optim.warmup_steps, plan.total_steps),
-                                                    plan.total_steps)
         objective = SFEObjective(self.model) if self.stage == "sfe" else PairLogps(self.model)
         ref = self._val_ref = None
         if self.stage == "edpo":
@@ -391,9 +515,9 @@ class Run:
             else:
                 import copy
 
-                ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+                ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)  # whole, even under FSDP
                 ref_objective = PairLogps(ref_model)
-        wrapped, optimizer = acc.prepare(objective, optimizer)
+        wrapped, optimizer, scheduler, params = self._prepare(objective, log)
 
         step, epoch, skip = 0, 0, 0
         if resume:
@@ -437,11 +561,7 @@ class Run:
                             for k, v in stats.items():
                                 logs[k] = logs.get(k, 0.0) + v / plan.grad_accum
                     logs["loss"] = logs.get("loss", 0.0) + loss.item() / plan.grad_accum
-                    # no all-reduce until the last micro-batch of the step
-                    if micro < plan.grad_accum - 1 and acc.num_processes > 1:
-                        with acc.no_sync(wrapped):
-                            acc.backward(loss / plan.grad_accum)
-                    else:
+                    with self._sync(wrapped, micro == plan.grad_accum - 1):
                         acc.backward(loss / plan.grad_accum)
                 grad_norm = acc.clip_grad_norm_(params, rc.optim.grad_clip) if rc.optim.grad_clip else None
                 optimizer.step()
@@ -453,7 +573,7 @@ class Run:
                 logs = {k: _mean_over_processes(acc, v) for k, v in logs.items()}
                 dt = time.perf_counter() - t0
                 rec = {"step": step, "epoch": epoch, **logs, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "grad_norm": _scalar(grad_norm) if grad_norm is not None else None,
                        "samples_per_s": plan.global_batch / dt, "step_s": dt}
                 if acc.is_main_process and (step % max(1, rc.train.log_every) == 0 or step == plan.total_steps
                                             or step == 1):
@@ -471,17 +591,57 @@ class Run:
                    "feature_cache": {"hits": self.features.hits, "misses": self.features.misses}}
         if self.val_set:
             summary["val"] = self.evaluate(objective)
-        self._write_rank_record(seen)
+        self._write_rank_record(seen, optimizer)
         acc.wait_for_everyone()
+        from sage_cli.models.checkpoint import trained_state
+
+        trained = whole(trained_state(self.model), keep=acc.is_main_process)  # every process: gathers shards
         if acc.is_main_process:
-            summary["checkpoint"] = str(self.save_checkpoint())
+            summary["checkpoint"] = str(self.save_checkpoint(trained))
             write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         acc.wait_for_everyone()
         return summary
 
-    def _write_rank_record(self, seen: list[str]) -> None:
+    def _prepare(self, objective, log=None):
+        """The objective as each step runs it, its optimizer, schedule and trained parameters: wrapped by
+        accelerate (DDP), or sharded in place (FSDP2) with the optimizer made afterwards, on the shards."""
+        from torch.optim import AdamW
+        from transformers import get_linear_schedule_with_warmup
+
+        acc, rc, plan = self.accelerator, self.recipe, self.plan
+        if self.fsdp:
+            units = shard(objective, self.model, acc.device, acc.num_processes, self.fsdp)
+            if log and acc.is_main_process:
+                log(f"FSDP2: {units} decoder layers + the rest as one unit, sharded over {acc.num_processes} "
+                    "process(es); the vision encoder stays whole")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = AdamW(params, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(rc.optim.warmup_steps, plan.total_steps),
+                                                    plan.total_steps)
+        if self.fsdp:
+            return objective, optimizer, scheduler, params
+        wrapped, optimizer = acc.prepare(objective, optimizer)
+        return wrapped, optimizer, scheduler, params
+
+    @contextlib.contextmanager
+    def _sync(self, wrapped, last_micro: bool):
+        """Gradients are averaged over processes only on the last micro-batch of a step."""
+        if last_micro or self.accelerator.num_processes == 1:
+            yield
+        elif self.fsdp:
+            wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                wrapped.set_requires_gradient_sync(True)
+        else:
+            with self.accelerator.no_sync(wrapped):
+                yield
+
+    def _write_rank_record(self, seen: list[str], optimizer) -> None:
         """ranks/rank-N.json: what this process trained on and a digest of its final weights (data-parallel
-        ranks must see different examples and end with the same weights)."""
+        ranks must see different examples and end with the same weights). Under FSDP the digest is of this
+        process's slices (`shard_sha256`, they differ) and `fsdp` says how much of the model it holds."""
         import hashlib
 
         from sage_cli.models.checkpoint import trained_state
@@ -489,9 +649,12 @@ class Run:
         h = hashlib.sha256()
         for k, v in sorted(trained_state(self.model).items()):
             h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        rec = {"rank": self.accelerator.process_index, "examples_seen": len(seen),
-               "first_examples": seen[:200], "weights_sha256": h.hexdigest()}
+            h.update((v.to_local() if _is_shard(v) else v).detach().float().cpu().numpy().tobytes())
+        rec = {"rank": self.accelerator.process_index, "examples_seen": len(seen), "first_examples": seen[:200]}
+        if self.fsdp:
+            rec.update(shard_sha256=h.hexdigest(), fsdp=sharding_record(self.model, optimizer))
+        else:
+            rec["weights_sha256"] = h.hexdigest()
         write_text(self.run_dir / "ranks" / f"rank-{self.accelerator.process_index}.json", json.dumps(rec, indent=1))
 
     @torch.no_grad()
@@ -526,12 +689,18 @@ class Run:
             out["rewards/accuracy"] = acc_sum / n
         return out
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, state: dict | None = None) -> Path:
+        """The final checkpoint; `state` is the trained weights already gathered (see `whole`) under FSDP."""
         from sage_cli.models import checkpoint as ckpt
 
         model = self.model
         extra = {"stage": self.stage, "start": self.recipe.model.checkpoint, "steps": self.plan.total_steps}
-        return ckpt.save(model, self.run_dir / "checkpoint", self.recipe.model.backbone, extra=extra, lora=self.lora)
+        return ckpt.save(model, self.run_dir / "checkpoint", self.recipe.model.backbone, extra=extra, lora=self.lora,
+                         state=state)
+
+
+def _scalar(t) -> float:
+    return float(t.full_tensor() if _is_shard(t) else t)  # under FSDP the gradient norm is a DTensor
 
 
 def _mean_over_processes(acc, value: float) -> float:
