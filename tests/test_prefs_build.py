@@ -153,6 +153,25 @@ def test_tiny_mvtec_types_locations_and_zero_shot(make_tiny_mvtec, tmp_path, cap
     assert len(set(ids)) == len(ids) and "widget-scratch-000" in ids
 
 
+def test_normal_share_adds_normal_pairs_from_train_good(make_tiny_mvtec, tmp_path, capsys):
+    root = make_tiny_mvtec(defects={"scratch": 6}, n_train=3, n_good=1)  # 6 defects, 1 normal test image
+    out = tmp_path / "out"
+    rc, _, err = build(capsys, root, out, "--val-frac", "0", "--normal-share", "0.5")
+    assert rc == 0, err
+    train, _, manifest = load(out)
+    normal = [g for g in train if g.defect is None]
+    assert len(train) == 12 and len(normal) == 6  # 5 extra normal groups: half of the groups
+    extra = [g for g in normal if "/train/good/" in g.test_image]
+    assert len(extra) == 5 and all(g.reference_image != g.test_image for g in extra)
+    pairs = {(g.test_image, g.reference_image) for g in extra}
+    assert len(pairs) == 5  # an image used twice gets another reference
+    assert len({g.id for g in train}) == 12 and manifest["settings"]["normal_share"] == 0.5
+    for g in extra:
+        check_group(g)
+    rc, _, err = build(capsys, root, tmp_path / "bad", "--normal-share", "1")
+    assert rc == 1 and "--normal-share" in err
+
+
 def test_rerun_is_byte_identical_and_another_seed_rewords(make_tiny_mvtec, tmp_path, capsys):
     root = make_tiny_mvtec(defects={"scratch": 3, "hole": 3}, n_good=3)
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"

@@ -13,6 +13,7 @@ def build(
     out: Path = typer.Option(..., "--out", help="Folder for train.jsonl, val.jsonl and prefs.json."),
     seed: int = typer.Option(0, "--seed", help="Seed for references, wording and the split; the same seed gives the same bytes."),
     val_frac: float = typer.Option(0.2, "--val-frac", help="Share of test images that go to val.jsonl (split by image, never by question)."),
+    normal_share: Optional[float] = typer.Option(None, "--normal-share", help="Add normal groups until they are this share of each category's groups (e.g. 0.5): train/good images as tests, each against another normal reference. Synthetic sets hold several defects per normal photo; trained on them as they are, a model learns to always answer yes."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many test images (QA groups for QA formats) per category."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Only these categories, comma-separated (e.g. bottle,screw)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="mvtec, visa, manta, mmad or qa (default: detect from the layout)."),
@@ -31,7 +32,7 @@ def build(
     from sage_cli.prefs.pipeline import PrefsOptions, build_prefs, parse_categories
 
     opts = PrefsOptions(
-        src=src, out=out, seed=seed, val_frac=val_frac, limit=limit, categories=parse_categories(categories),
+        src=src, out=out, seed=seed, val_frac=val_frac, normal_share=normal_share, limit=limit, categories=parse_categories(categories),
         fmt=fmt, strict=strict, overwrite=overwrite,
     )
     rewrite = None

@@ -148,15 +148,26 @@ class SBertJudge:
         by_question: dict[tuple[str, int], list[Item]] = {}
         for it in items:
             by_question.setdefault((it.group.id, it.q), []).append(it)
-        for todo in by_question.values():
+        questions = list(by_question.values())
+        for start in range(0, len(questions), self.CHUNK):
+            chunk = questions[start:start + self.CHUNK]
             if self._sbert is None:
                 self._sbert = SBert.load()
-            options = todo[0].group.questions[todo[0].q].options
-            emb = self._sbert.encode([options[0]] + [it.answer for it in todo])
-            cos = (emb[1:] @ emb[0]).tolist()
-            for it, c in zip(todo, cos):
-                v = round(1.0 + 4.0 * min(max(c, 0.0), 1.0), 4)
-                yield it, {"type": v, "location": v, "logic": v, "mle": v, "attempts": 1}
+            # one encoder call per chunk of questions, each distinct text once (templated options repeat)
+            texts = list(dict.fromkeys(t for todo in chunk for t in self._texts(todo)))
+            emb = dict(zip(texts, self._sbert.encode(texts)))
+            for todo in chunk:
+                best = emb[todo[0].group.questions[todo[0].q].options[0]]
+                for it in todo:
+                    c = float(emb[it.answer] @ best)
+                    v = round(1.0 + 4.0 * min(max(c, 0.0), 1.0), 4)
+                    yield it, {"type": v, "location": v, "logic": v, "mle": v, "attempts": 1}
+
+    CHUNK = 64  # questions per encoder call
+
+    @staticmethod
+    def _texts(todo: list[Item]) -> list[str]:
+        return [todo[0].group.questions[todo[0].q].options[0]] + [it.answer for it in todo]
 
 
 def make_judge(name: str, recipe, *, dry_run: bool = False):

@@ -13,6 +13,7 @@ refused unless ``overwrite``.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,13 @@ class PrefsOptions:
     strict: bool = False
     overwrite: bool = False
     paraphrase: dict | None = None  # {"endpoint": URL, "model": NAME} when options are paraphrased
+    normal_share: float | None = None  # top normal groups up to this share per category (image data sets)
 
     def check(self) -> "PrefsOptions":
         if not 0.0 <= self.val_frac <= 1.0:
             raise SageError(f"--val-frac must be between 0 and 1, got {self.val_frac:g}")
+        if self.normal_share is not None and not 0.0 <= self.normal_share < 1.0:
+            raise SageError(f"--normal-share must be at least 0 and below 1, got {self.normal_share:g}")
         if self.limit is not None and self.limit < 1:
             raise SageError(f"--limit must be at least 1, got {self.limit}")
         return self
@@ -76,6 +80,7 @@ def _settings(opts: PrefsOptions, root: Path, fmt: str) -> dict:
         "limit": opts.limit,
         "categories": opts.categories,
         "paraphrase": opts.paraphrase,
+        **({"normal_share": opts.normal_share} if opts.normal_share else {}),  # older manifests stay valid
     }
 
 
@@ -128,6 +133,38 @@ def limit_per_category(items: list, key, category, seed: int, limit: int | None)
     return [it for it in items if id(it) in keep]
 
 
+def extra_normals(tests: list, train: list, share: float, seed: int) -> list:
+    """Normal test records that bring each category's normal share of `tests` up to `share`.
+
+    Data sets hold far more defects than normal test images (synthetic ones several defects per normal
+    photo), and a model trained on them learns to answer "yes" whatever it sees. The extra normal tests
+    are the category's train/good images, each against another train/good image as its reference; an
+    image is reused, with a different reference each time, when more are needed than there are.
+    """
+    from sage_cli.data._common import choose_reference
+    from sage_cli.data.records import ImageRecord
+
+    out = []
+    for cat in sorted({r.category for r in tests}):
+        mine = [r for r in tests if r.category == cat]
+        normal = sum(not r.is_anomaly for r in mine)
+        need = math.ceil(share * (len(mine) - normal) / (1 - share)) - normal
+        pool = sorted(r.image for r in train if r.category == cat)
+        if need <= 0 or len(pool) < 2:
+            continue
+        root = next(r.root for r in train if r.category == cat)
+        for k in range(need):
+            img = pool[k % len(pool)]
+            others = [p for p in pool if p != img]
+            ranked = []  # the others in a seeded order; the r-th reuse of img takes the r-th
+            while others:
+                ranked.append(choose_reference(others, seed, img))
+                others.remove(ranked[-1])
+            ref = ranked[(k // len(pool)) % len(ranked)]
+            out.append(ImageRecord(root, cat, "test", img, "good", None, ref))
+    return out
+
+
 def make_groups(opts: PrefsOptions, fmt: str):
     """(groups, problems) of the data set at ``opts.src`` in format ``fmt``, before splitting."""
     from sage_cli.data.detect import open_dataset
@@ -144,6 +181,9 @@ def make_groups(opts: PrefsOptions, fmt: str):
         if opts.categories:
             tests = [r for r in tests if r.category in opts.categories]
         tests = limit_per_category(tests, lambda r: r.image, lambda r: r.category, opts.seed, opts.limit)
+        if opts.normal_share:
+            train = [r for r in ds.records if r.split == "train"]
+            tests += extra_normals(tests, train, opts.normal_share, opts.seed)
         groups = image_groups(tests, opts.seed, pools)
     else:
         if ds.kind == "mmad":
