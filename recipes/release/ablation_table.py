@@ -1,0 +1,77 @@
+"""The ablation table (the paper's Table 3 at our scale) from the bench runs of recipes/release/sage-smol.sh.
+
+    python recipes/release/ablation_table.py runs/release/bench [--out table.md]
+
+Reads BENCH/seed-N/ROW/SET-SHOTS/results.json (and BENCH/untrained/SET-SHOTS) and prints one Markdown
+table per evaluation set and setting: each row's metrics as mean ± standard deviation over the seeds
+that have it, with the number of seeds. Nothing is dropped: a row with fewer seeds says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+ROWS = [("untrained", "untrained SAGE layers (no training)"), ("sft", "SFT, no facts"),
+        ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
+SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories")]
+METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", lambda m: m["accuracy"]["identification"], 100),
+           ("Diagnosis", lambda m: m["accuracy"]["diagnosis"], 100), ("Average", lambda m: m["accuracy"]["average"], 100),
+           ("Acc-G", lambda m: m["acc_g"], 100), ("SBERT", lambda m: m["sbert"], 1), ("AUROC", lambda m: m["auroc"], 1),
+           ("Map AUROC", lambda m: m.get("auroc_map"), 1)]
+
+
+def runs(bench: Path, row: str, name: str) -> list[dict]:
+    """The metrics of every seed's run of `row` on `name` (e.g. hazelnut-1)."""
+    folders = [bench / row / name] if row == "untrained" else sorted(bench.glob(f"seed-*/{row}/{name}"))
+    out = []
+    for f in folders:
+        path = f / "results.json"
+        if path.is_file():
+            res = json.loads(path.read_text(encoding="utf-8"))
+            if res.get("status") == "done":
+                out.append(res["metrics"])
+    return out
+
+
+def cell(values: list[float], scale: float) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    digits = 1 if scale == 100 else 3
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(bench: Path, name: str) -> str:
+    head = ["Row", "Seeds", *(m[0] for m in METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, label in ROWS:
+        ms = runs(bench, row, name)
+        if not ms:
+            continue
+        cells = [cell([get(m) for m in ms], scale) for _, get, scale in METRICS]
+        lines.append(f"| {label} | {len(ms)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    parts = []
+    for key, what in SETS:
+        for shots, setting in (("0", "zero-shot"), ("1", "one-shot")):
+            parts.append(f"### {what}, {setting}\n\n{table(args.bench, f'{key}-{shots}')}\n")
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# How the shipped sage-smol checkpoint and its ablation (sage_cli/assets/sage-smol/MODEL_CARD.md) are made,
+# as the `sage` commands a user would type. Every step is resumable: rerun the script after a stop and
+# finished work is skipped (data and facts files, training runs with --resume auto, bench with --resume).
+#
+#   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
+#   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
+#   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training
+#   bash recipes/release/sage-smol.sh table         # mean ± spread over the seeds done
+#
+# No real defect is trained on: the training images are synthetic defects drawn on normal photos (the
+# hazelnut set's train/good) and on generated or CC0 normal images. The real hazelnut defects
+# (test/colour, test/crack) and the held-out categories are only benchmarked.
+set -euo pipefail
+
+SAGE=${SAGE:-sage}
+R=${R:-runs/release}
+HAZELNUT=${HAZELNUT:-../shared/data/hazelnut_toy}
+SFE_STEPS=${SFE_STEPS:-400}
+DPO_STEPS=${DPO_STEPS:-100}
+TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
+HELD_OUT=${HELD_OUT:-ceramic_tile washer grass}
+BENCH_LIMIT=${BENCH_LIMIT:-8}    # defect images per held-out category and kind set (a seeded choice)
+TOKENS=${TOKENS:-32}
+
+data() {
+    $SAGE data normals --out "$R/normals" --categories all --count 24 --test-count 4 --image-size 224 --seed 0
+    # the two sources of normal images, as plain copies: hazelnut's train/good only, never its test/
+    for split in train heldout; do
+        [ -d "$R/src-$split" ] && continue
+        mkdir -p "$R/src-$split.tmp"
+        cats=$TRAIN_CATS; [ $split = heldout ] && cats=$HELD_OUT
+        for c in $cats; do cp -r "$R/normals/$c" "$R/src-$split.tmp/$c"; done
+        if [ $split = train ]; then  # every fifth normal becomes a normal test image of the training set
+            mkdir -p "$R/src-train.tmp/hazelnut/train/good" "$R/src-train.tmp/hazelnut/test/good"
+            i=0; for f in "$HAZELNUT"/hazelnut/train/good/*; do
+                to=train; [ $((i % 5)) = 4 ] && to=test
+                cp "$f" "$R/src-train.tmp/hazelnut/$to/good/"; i=$((i + 1))
+            done
+        fi
+        mv "$R/src-$split.tmp" "$R/src-$split"
+    done
+    $SAGE data synth --from "$R/src-train" --out "$R/synth-train" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 0
+    $SAGE data synth --from "$R/src-heldout" --out "$R/synth-heldout" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 1
+    # the pretrained model's facts, asked once per category (the untrained sage-smol sees no more than that)
+    for root in "$R/synth-train" "$R/synth-heldout" "$HAZELNUT"; do
+        $SAGE facts extract --from "$root" --out "$R/facts.jsonl" --per-category --which all
+    done
+    [ -f "$R/prefs/prefs.json" ] || $SAGE prefs build --from "$R/synth-train" --out "$R/prefs" --seed 0 --val-frac 0.05 --normal-share 0.5
+    $SAGE score mle "$R/prefs/train.jsonl" --out "$R/scores" --judge offline:sbert
+}
+
+train_row() {  # name, stage, extra overrides...
+    local name=$1 stage=$2; shift 2
+    local out="$R/seed-$SEED/$name"
+    [ -f "$out/checkpoint/config.json" ] && return 0
+    $SAGE train "$stage" --out "$out" --facts "$R/facts.jsonl" --resume auto "train.seed=$SEED" "$@"
+}
+
+ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships
+
+train() {  # rows...
+    local qa="$R/prefs/train.jsonl" pairs="$R/scores/pairs.jsonl" fe="$R/seed-$SEED/fe/checkpoint"
+    for row in "$@"; do
+        case $row in
+            fe) train_row fe sfe --train "$qa" model.facts_mode=fe "train.max_steps=$SFE_STEPS" ;;
+            sft) train_row sft sfe --train "$qa" model.facts_mode=none "train.max_steps=$SFE_STEPS" ;;
+            hard) train_row hard sfe --train "$qa" model.facts_mode=hard "train.max_steps=$SFE_STEPS" ;;
+            edpo) train_row edpo edpo --train "$pairs" --checkpoint "$fe" "train.max_steps=$DPO_STEPS" ;;
+            dpo) train_row dpo edpo --train "$pairs" --checkpoint "$fe" edpo.eta=0 edpo.pairs=max \
+                     "train.max_steps=$DPO_STEPS" ;;
+            *) echo "unknown row $row (rows: $ROWS_ALL)" >&2; exit 2 ;;
+        esac
+    done
+}
+
+bench_one() {  # run folder, model args...
+    local out=$1; shift
+    for shots in 1 0; do
+        $SAGE bench mvtec --root "$HAZELNUT" --out "$out/hazelnut-$shots" --shots "$shots" \
+            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
+        $SAGE bench mvtec --root "$R/synth-heldout" --out "$out/heldout-$shots" --shots "$shots" \
+            --limit "$BENCH_LIMIT" --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
+    done
+}
+
+bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
+    for row in "$@"; do
+        if [ "$row" = untrained ]; then
+            bench_one "$R/bench/untrained" --backbone sage-smol
+        elif [ -f "$R/seed-$SEED/$row/checkpoint/config.json" ]; then
+            bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$R/seed-$SEED/$row/checkpoint"
+        fi
+    done
+}
+
+case "${1:-}" in
+    data) data ;;
+    train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
+    bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
+    table) ${PYTHON:-python} recipes/release/ablation_table.py "$R/bench" ;;
+    *) sed -n '2,9p' "$0"; exit 2 ;;
+esac
