@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from sage_cli.atomic import write_text
+from sage_cli.data._common import other_settings, read_manifest
 from sage_cli.data.synth import _blur, fractal, write_png
 from sage_cli.errors import SageError
 
@@ -463,20 +464,9 @@ def _prepare(out: Path, opts: NormalsOptions, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SageError(f"{out}: exists and is not a folder (--out)")
     if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except ValueError:
-            old = {}
-        old = old if isinstance(old, dict) else {}
-        ours = {"format": NORMALS_FORMAT, **_settings(opts)}
+        old = read_manifest(manifest)
         was = {"format": old.get("format"), **(old.get("settings") or {})}
-        if was != ours:
-            if not overwrite:
-                diff = sorted(k for k in set(was) | set(ours) if was.get(k) != ours.get(k))
-                raise SageError(
-                    f"{out} was written with other settings (differ: {', '.join(diff)}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
+        if other_settings(out, was, {"format": NORMALS_FORMAT, **_settings(opts)}, overwrite):
             _remove_previous(out, old)
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SageError(f"{out}: not empty and not a normals output (no normals.json); choose another --out or pass --overwrite")

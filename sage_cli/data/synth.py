@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from sage_cli.atomic import replacing, write_text
+from sage_cli.data._common import other_settings, read_manifest
 from sage_cli.data.foreground import erode, estimate_blur, estimate_foreground, fill_holes
 from sage_cli.data.images import IMAGE_SUFFIXES, load_rgb
 from sage_cli.data.masks import describe
@@ -864,17 +865,7 @@ def synthesize(
     if out.exists() and not out.is_dir():
         raise SageError(f"{out}: exists and is not a folder (--out)")
     if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except ValueError:
-            old = {}
-        if old != settings:
-            if not overwrite:
-                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                raise SageError(
-                    f"{out} was written with other settings (differ: {', '.join(diff) or 'format'}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
+        if other_settings(out, read_manifest(manifest), settings, overwrite):
             _remove_previous(out)
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SageError(f"{out}: not empty and not a synth output (no synth.json); choose another --out or pass --overwrite")
