@@ -97,3 +97,17 @@ def test_resolve_names_the_shipped_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.resolve(tmp_path / "assets" / "sage-smol", None) == str(ship)
     with pytest.raises(SageError, match="checkpoint directory not found"):
         checkpoint.resolve(tmp_path / "nope", None)
+
+
+def test_models_pack_command_and_its_errors(tmp_path, capsys):
+    from sage_cli.cli import run
+
+    src = checkpoint.save(SageModel(tiny_composed(), k_patches=2), tmp_path / "ckpt", backbone="tiny")
+    assert run(["models", "pack", str(src), "--out", str(tmp_path / "packed")]) == 0
+    assert "float16" in capsys.readouterr().out and (tmp_path / "packed" / "model.safetensors").is_file()
+    for args, words in (([str(tmp_path / "nope")], "checkpoint directory not found"),
+                        ([str(src), "--dtype", "int8"], "--dtype must be")):
+        assert run(["models", "pack", *args, "--out", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

@@ -198,14 +198,13 @@ def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | N
              best_option=bq.best_option, sbert=sbert, new_tokens=answer.new_tokens)
     if item.kind == "choice":
         s.update(type=bq.type, options=bq.options)
-    if bq.detect is not None and p_yes is not None:
+    if bq.detect is not None and (p_yes is not None or map_max is not None):
         # +1: "is there a defect?" (yes = defective); -1: "is it free of defects?" (yes = normal)
         s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
-        s["detect_score"] = p_yes if bq.detect > 0 else 1.0 - p_yes
-    if bq.detect is not None and map_max is not None:
-        # the training-free detector: the Eq. 1 map's peak (one-shot only), scored like P(yes)
-        s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
-        s["map_max"] = map_max
+        if p_yes is not None:
+            s["detect_score"] = p_yes if bq.detect > 0 else 1.0 - p_yes
+        if map_max is not None:  # the training-free detector: the Eq. 1 map's peak (one-shot only)
+            s["map_max"] = map_max
     return s
 
 

@@ -68,10 +68,6 @@ def pack(
     """Write a copy of a checkpoint with its weights in half precision: half the bytes, for shipping; loading casts them back."""
     from sage_cli.models import checkpoint as ckpt
 
-    if not checkpoint.is_dir():
-        from sage_cli.errors import SageError
-
-        raise SageError(f"{checkpoint}: checkpoint directory not found")
-    dst = ckpt.pack(checkpoint, out, dtype)
+    dst = ckpt.pack(ckpt.resolve(checkpoint, None), out, dtype)
     size = (dst / ckpt.WEIGHTS).stat().st_size / 2**20
     typer.echo(f"packed {checkpoint} -> {dst} ({dtype}, {size:.1f} MiB)")

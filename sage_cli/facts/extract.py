@@ -89,9 +89,18 @@ def pending(todo: list[Target], out: Path, model: str, prompt_id: str) -> tuple[
     return left, len(todo) - len(left)
 
 
+def asked_by_category(out: Path, model: str, prompt_id: str) -> dict[str, dict]:
+    """{category: the first record of an image asked (not shared) with this model and prompt set}."""
+    first: dict[str, dict] = {}
+    for r in read_facts(out).values():
+        if r["model"] == model and r["prompt_id"] == prompt_id and "shared_from" not in r:
+            first.setdefault(r.get("category", ""), r)
+    return first
+
+
 def split_by_category(left: list[Target], out: Path, model: str, prompt_id: str) -> tuple[list[Target], list[Target]]:
     """(one image to ask per category that has no record yet, the images that will share its facts)."""
-    have = {r.get("category", "") for r in read_facts(out).values() if r["model"] == model and r["prompt_id"] == prompt_id}
+    have = asked_by_category(out, model, prompt_id)
     ask: dict[str, Target] = {}
     share = []
     for t in left:
@@ -107,10 +116,7 @@ def share_category_facts(share: list[Target], out: Path, model: str, prompt_id: 
 
     The record names the image asked (`shared_from`), so a facts file says which facts were not about
     the image itself. Images whose category has no asked record yet are left for the next run."""
-    first: dict[str, dict] = {}
-    for r in read_facts(out).values():
-        if r["model"] == model and r["prompt_id"] == prompt_id and "shared_from" not in r:
-            first.setdefault(r.get("category", ""), r)
+    first = asked_by_category(out, model, prompt_id)  # read again: the asking just appended to `out`
     recs = []
     for t in share:
         src = first.get(t.category)

@@ -153,15 +153,16 @@ def extra_normals(tests: list, train: list, share: float, seed: int) -> list:
         if need <= 0 or len(pool) < 2:
             continue
         root = next(r.root for r in train if r.category == cat)
+        ranked: dict[str, list[str]] = {}  # per image, the others in a seeded order: reuse r takes the r-th
         for k in range(need):
             img = pool[k % len(pool)]
-            others = [p for p in pool if p != img]
-            ranked = []  # the others in a seeded order; the r-th reuse of img takes the r-th
-            while others:
-                ranked.append(choose_reference(others, seed, img))
-                others.remove(ranked[-1])
-            ref = ranked[(k // len(pool)) % len(ranked)]
-            out.append(ImageRecord(root, cat, "test", img, "good", None, ref))
+            if img not in ranked:
+                others, ranked[img] = [p for p in pool if p != img], []
+                while others:
+                    ranked[img].append(choose_reference(others, seed, img))
+                    others.remove(ranked[img][-1])
+            refs = ranked[img]
+            out.append(ImageRecord(root, cat, "test", img, "good", None, refs[(k // len(pool)) % len(refs)]))
     return out
 
 
