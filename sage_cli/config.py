@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int | None = None  # optimizer steps between resumable states (None = only the final checkpoint)
     feature_cache: bool = True  # keep the frozen encoder's features of each image (memory + disk)
+    verdict_weight: float = 1.0  # SFE: weight of each answer's first (Yes/No) token; 1 = plain CE (Eq. 8)
 
 
 @dataclass

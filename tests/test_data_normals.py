@@ -12,7 +12,7 @@ from PIL import Image
 
 from sage_cli.cli import run
 from sage_cli.data import normals as N
-from sage_cli.data.foreground import dilate, estimate_foreground, fill_holes
+from sage_cli.data.foreground import dilate, estimate_foreground
 from sage_cli.errors import SageError
 
 PHOTOS = ("brick", "grass", "gravel")
@@ -162,8 +162,7 @@ def test_foreground_sees_textures_as_full_frame_and_finds_the_parts():
     for cat in OBJECTS:
         for i in range(3):
             img, obj = N.render_with_mask(cat, "train", i, 128, 0)
-            obj = fill_holes(obj)  # the estimate fills holes (the washer's) by design
-            fg = estimate_foreground(img)
+            fg = estimate_foreground(img)  # the washer's bore shows the mat: it stays a hole
             assert (fg & obj).sum() / (fg | obj).sum() > 0.85, (cat, i)
             assert 0.1 < obj.mean() < 0.5  # a part on a mat, not the whole frame
 
@@ -182,7 +181,9 @@ def test_synth_runs_on_the_output_and_defects_land_on_the_object(tmp_path):
         if rec["category"] == "woven_fabric":
             continue
         cat, split, _, name = rec["source"].split("/")
-        obj = fill_holes(N.render_with_mask(cat, split, int(Path(name).stem), 128, 0)[1])
-        # On the part: nearly all of it, and nothing beyond the few pixels the estimate's smoothing adds.
-        assert (mask & obj).sum() >= 0.9 * mask.sum(), rec["image"]
+        obj = N.render_with_mask(cat, split, int(Path(name).stem), 128, 0)[1]  # the washer's bore excluded
+        # On the part: nearly all of it (a scratch may graze an edge of the washer's bore, whose estimate
+        # is smoothed), and nothing beyond the few pixels that smoothing adds. Before the bore was kept
+        # open, half the washer's defects lay mostly in it.
+        assert (mask & obj).sum() >= 0.85 * mask.sum(), rec["image"]
         assert not (mask & ~dilate(obj, 6)).any(), rec["image"]

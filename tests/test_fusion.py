@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sage_cli.models.comparison import anomaly_map, least_similar, nearest_similarity
-from sage_cli.models.fusion import FactProjector, FusionAttention, pool_fact_embeddings
+from sage_cli.models.fusion import FactProjector, FusionAttention, pool_fact_embeddings, relative_dissimilarity
 
 B, P, C, L = 2, 16, 32, 5
 
@@ -87,3 +87,49 @@ def test_projector_shape_and_bad_configs():
         FusionAttention(30, heads=4)
     with pytest.raises(ValueError, match="values"):
         FusionAttention(C, values="nope")
+
+
+def test_test_plus_sim_carries_the_relative_dissimilarity_at_the_features_scale():
+    """With W_v reading only the appended channel and uniform attention, each fused value is the mean
+    over the K patches of (1 - s_i) / mean_j(1 - s_j) · ||v_t[i]||: as big as the features themselves."""
+    fa = FusionAttention(C, heads=4, k_patches=4, values="test+sim")
+    with torch.no_grad():
+        fa.w_k.weight.zero_()  # equal attention over the K patches
+        fa.w_v.weight.zero_()
+        fa.w_v.weight[:, C] = 1.0  # every output dim = the appended channel
+    v_t, v_r = 30.0 * _patches(0), 30.0 * _patches(1)
+    out, cmp = fa(torch.randn(B, L, C), v_t, v_r)
+    d = 1 - cmp.s  # [B, P]
+    rel = torch.gather(d, 1, cmp.idx) / d.mean(1, keepdim=True)  # [B, K]
+    norms = torch.gather(v_t.norm(dim=-1), 1, cmp.idx)  # [B, K]
+    assert torch.allclose(out[:, 0, 0], (rel * norms).mean(1), rtol=1e-4)
+    assert (rel >= 1).all()  # the K least similar patches are at least as dissimilar as the mean
+
+
+def test_relative_dissimilarity_is_large_on_a_local_defect_and_blind_to_feature_scale():
+    ref = _patches(1)
+    normal = ref + 0.05 * _patches(2)  # the same part with a little noise everywhere
+    defect = normal.clone()
+    defect[:, 5] = _patches(3)[:, 5]  # one patch replaced
+    for v_t in (normal, defect):
+        for scale in (1.0, 10.0):
+            s, _ = nearest_similarity(scale * v_t, ref)
+            rel = relative_dissimilarity(s, least_similar(s, 1))[:, 0, 0]  # [B]
+            if v_t is normal:
+                assert (rel < 5).all()
+            else:
+                assert (rel > 10).all()
+
+
+def test_projection_adds_log_dissimilarity_after_its_layernorm():
+    """The LayerNorm divides away how strongly the test differs; test+sim adds it back afterwards."""
+    proj = FactProjector(C, sim=True)
+    t_s = torch.randn(B, L, C)
+    low, high = proj(t_s, torch.full((B, L, 1), 2.0)), proj(t_s, torch.full((B, L, 1), 8.0))
+    assert torch.allclose(high - low, proj.sim.weight[:, 0] * torch.log(torch.tensor(4.0)), atol=1e-5)
+    plain = FactProjector(C)  # the paper's projection ignores it
+    assert plain.sim is None and torch.equal(plain(t_s, torch.full((B, L, 1), 8.0)), plain(t_s))
+    fa = FusionAttention(C, heads=4, k_patches=4, values="test+sim")
+    _, cmp = fa(torch.randn(B, L, C), _patches(0), _patches(1))
+    assert cmp.fact_sim.shape == (B, L, 1) and (cmp.fact_sim >= 1 - 1e-5).all()  # a mean of ratios >= 1
+    assert fa(torch.randn(B, L, C), _patches(0), None)[1].fact_sim is None  # zero-shot: nothing to compare

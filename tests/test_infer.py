@@ -181,6 +181,25 @@ def test_cli_zero_shot_and_facts_file(tiny_vlm, tmp_path, capsys):
     assert "anomaly map" not in out and "untrained SAGE layers" in out
 
 
+def test_a_checkpoints_default_facts_are_read_when_none_are_given(tiny_vlm, tmp_path, capsys):
+    test, ref = _pair(tmp_path)
+    ckpt = checkpoint.save(Engine.load(str(tiny_vlm)).model, tmp_path / "ckpt", backbone=str(tiny_vlm))
+    (ckpt / checkpoint.FACTS).write_text("\n".join(FACTS) + "\n\n", encoding="utf-8")
+    args = ["infer", str(test), str(ref), "--checkpoint", str(ckpt), "--max-new-tokens", "2"]
+    assert run(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["facts"] == FACTS  # what the model read, blank lines dropped
+    assert run(args) == 0
+    assert "facts: the checkpoint's 2 generic sentences (facts.txt)" in capsys.readouterr().out
+    own = tmp_path / "own.txt"
+    own.write_text("My own fact.\n", encoding="utf-8")
+    assert run(args + ["--json", "--facts", str(own)]) == 0
+    assert json.loads(capsys.readouterr().out)["facts"] == ["My own fact."]  # given facts win
+    eng = Engine.load(None, str(ckpt))
+    assert eng.encode(_img(0), _img(1)).encoding.fact_tokens[0].shape[0] == 2  # defaults become fact tokens
+    eng.model.facts_mode = "none"
+    assert Engine(eng.model, "x", str(ckpt)).default_facts == []  # a model without fact tokens needs none
+
+
 @pytest.mark.parametrize("case, match", [
     ("unreadable", "unreadable or truncated image"),
     ("missing", "image not found"),

@@ -62,6 +62,20 @@ def test_sequence_logps_counts_only_labelled_tokens():
     assert sums.item() == pytest.approx(math.log(0.5) + math.log(1 / 3)) and counts.item() == 2
 
 
+def test_verdict_weight_counts_each_answers_first_token_that_many_times():
+    logits = torch.log(torch.tensor([[[0.2, 0.2, 0.6], [0.25, 0.5, 0.25], [0.5, 0.3, 0.2], [1.0, 1.0, 1.0]],
+                                     [[0.1, 0.9, 0.0], [0.3, 0.25, 0.45], [0.5, 0.25, 0.25], [1.0, 1.0, 1.0]]]))
+    labels = torch.tensor([[-100, 2, 1, 0],  # answer tokens 2, 1, 0: the first one is the verdict
+                           [-100, -100, 1, 0]])  # answer tokens 1, 0
+    plain, n = sequence_logps(logits, torch.nn.Identity(), labels)
+    sums, counts = sequence_logps(logits, torch.nn.Identity(), labels, first_weight=5.0)
+    first = torch.log(torch.tensor([0.6, 0.25]))  # log p of each row's first answer token (position t predicts t+1)
+    assert torch.allclose(sums, plain + 4.0 * first) and counts.tolist() == [n[0] + 4.0, n[1] + 4.0]
+    none = torch.full((1, 4), -100)
+    s0, c0 = sequence_logps(logits[:1], torch.nn.Identity(), none, first_weight=5.0)  # no answer: nothing
+    assert s0.item() == 0.0 and c0.item() == 0.0
+
+
 def test_sfe_objective_equals_the_llms_own_loss():
     """The answer-positions-only head gives the cross-entropy transformers computes over full logits."""
     from sage_cli.models.sage import SageModel
@@ -129,7 +143,9 @@ def _metrics(run_dir):
 @pytest.fixture(scope="module")
 def sfe_run(world):
     out = world["root"] / "sfe"
-    assert run(_sfe_args(world, out, "train.max_steps=30", "optim.lr=2e-2", "optim.warmup_steps=0")) == 0
+    # the paper's plain cross-entropy (the sage-smol recipe weights the verdict token 10x)
+    assert run(_sfe_args(world, out, "train.max_steps=30", "optim.lr=2e-2", "optim.warmup_steps=0",
+                         "train.verdict_weight=1")) == 0
     return out
 
 

@@ -7,6 +7,7 @@
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
 #   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training
 #   bash recipes/release/sage-smol.sh table         # mean ± spread over the seeds done
+#   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt)
 #
 # No real defect is trained on: the training images are synthetic defects drawn on normal photos (the
 # hazelnut set's train/good) and on generated or CC0 normal images. The real hazelnut defects
@@ -20,7 +21,7 @@ SFE_STEPS=${SFE_STEPS:-400}
 DPO_STEPS=${DPO_STEPS:-100}
 TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
 HELD_OUT=${HELD_OUT:-ceramic_tile washer grass}
-BENCH_LIMIT=${BENCH_LIMIT:-8}    # defect images per held-out category and kind set (a seeded choice)
+BENCH_PER_KIND=${BENCH_PER_KIND:-1}  # held-out bench: defect images per category and defect kind, + all normals
 TOKENS=${TOKENS:-32}
 
 data() {
@@ -42,8 +43,25 @@ data() {
     done
     $SAGE data synth --from "$R/src-train" --out "$R/synth-train" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 0
     $SAGE data synth --from "$R/src-heldout" --out "$R/synth-heldout" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 1
+    # the held-out benchmark: BENCH_PER_KIND defects of every kind and every normal test image per category
+    # (a --limit would draw ~97% defects, and detection AUROC needs normals)
+    if [ ! -d "$R/bench-heldout" ]; then
+        for c in $HELD_OUT; do
+            local from="$R/synth-heldout/$c" to="$R/bench-heldout.tmp/$c"
+            mkdir -p "$to/test"
+            cp -r "$from/train" "$to/train"; cp -r "$from/test/good" "$to/test/good"
+            for kind_dir in "$from"/test/*/; do
+                kind=$(basename "$kind_dir"); [ "$kind" = good ] && continue
+                mkdir -p "$to/test/$kind" "$to/ground_truth/$kind"
+                for f in $(ls "$kind_dir" | sort | head -n "$BENCH_PER_KIND"); do
+                    cp "$kind_dir/$f" "$to/test/$kind/"; cp "$from/ground_truth/$kind/${f%.png}_mask.png" "$to/ground_truth/$kind/"
+                done
+            done
+        done
+        mv "$R/bench-heldout.tmp" "$R/bench-heldout"
+    fi
     # the pretrained model's facts, asked once per category (the untrained sage-smol sees no more than that)
-    for root in "$R/synth-train" "$R/synth-heldout" "$HAZELNUT"; do
+    for root in "$R/synth-train" "$R/bench-heldout" "$HAZELNUT"; do
         $SAGE facts extract --from "$root" --out "$R/facts.jsonl" --per-category --which all
     done
     [ -f "$R/prefs/prefs.json" ] || $SAGE prefs build --from "$R/synth-train" --out "$R/prefs" --seed 0 --val-frac 0.05 --normal-share 0.5
@@ -54,7 +72,7 @@ train_row() {  # name, stage, extra overrides...
     local name=$1 stage=$2; shift 2
     local out="$R/seed-$SEED/$name"
     [ -f "$out/checkpoint/config.json" ] && return 0
-    $SAGE train "$stage" --out "$out" --facts "$R/facts.jsonl" --resume auto "train.seed=$SEED" "$@"
+    $SAGE train "$stage" --out "$out" --facts "$R/facts.jsonl" --resume auto "train.seed=$SEED" train.save_every=50 "$@"
 }
 
 ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships
@@ -79,8 +97,8 @@ bench_one() {  # run folder, model args...
     for shots in 1 0; do
         $SAGE bench mvtec --root "$HAZELNUT" --out "$out/hazelnut-$shots" --shots "$shots" \
             --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
-        $SAGE bench mvtec --root "$R/synth-heldout" --out "$out/heldout-$shots" --shots "$shots" \
-            --limit "$BENCH_LIMIT" --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
+        $SAGE bench mvtec --root "$R/bench-heldout" --out "$out/heldout-$shots" --shots "$shots" \
+            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
     done
 }
 
@@ -94,10 +112,27 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
     done
 }
 
+ship() {  # seed 0's full model, half precision, with generic facts for requests that bring none
+    local to=sage_cli/assets/sage-smol
+    $SAGE models pack "$R/seed-0/edpo/checkpoint" --out "$to"
+    # It was trained with fact tokens and needs some; these stand in for a facts file (see MODEL_CARD.md).
+    cat > "$to/facts.txt" <<'FACTS'
+The object in the image is a manufactured part or material photographed for visual inspection.
+A normal part looks like its reference: the same shape, colour, texture and surface finish.
+Defects that matter include scratches, cracks, holes, stains, contamination and misplaced material.
+A defect changes a small region of the surface compared with the reference.
+Scratches and cracks are thin lines; holes are dark pits; stains and contamination change the colour.
+Lighting, position and small rotations differ between photos and are not defects.
+A defect can weaken the part, let fluids or dirt in, or make it unfit to sell.
+The inspector reports whether there is a defect, what kind it is and where it is.
+FACTS
+}
+
 case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
     bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
     table) ${PYTHON:-python} recipes/release/ablation_table.py "$R/bench" ;;
-    *) sed -n '2,9p' "$0"; exit 2 ;;
+    ship) ship ;;
+    *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -112,7 +112,7 @@ class Facts:
             return []
         found = self.file.lookup(image)
         if found is None:
-            self.missing += 1  # answered without facts; counted in results.json
+            self.missing += 1  # answered with the checkpoint's default facts, if any; counted in results.json
             return []
         return found
 
@@ -330,7 +330,8 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     if unreadable:
         notes.append(f"{len(unreadable)} item(s) with an unreadable image left out (first: {unreadable[0]})")
     if facts.missing:
-        notes.append(f"{facts.missing} test image(s) had no facts in {opts.facts}; answered without facts")
+        notes.append(f"{facts.missing} test image(s) had no facts in {opts.facts}; answered with the checkpoint's "
+                     "default facts (facts.txt) where it has them, else without facts")
     if loaded.problems:
         notes.append(f"{len(loaded.problems)} data problem(s) skipped while reading (first: {loaded.problems[0]})")
     if opts.checkpoint is None:

@@ -20,7 +20,7 @@ def infer(
     questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="More questions, one per line (# comments allowed)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
-    facts: Optional[str] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash), a text file with one fact per line, or 'auto' to write them with the backbone now."),
+    facts: Optional[str] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash), a text file with one fact per line, or 'auto' to write them with the backbone now. Without it, a checkpoint's own generic facts (facts.txt) if it has any."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the test image with the anomaly map and the K selected patches drawn on it (.png/.jpg; needs REF)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: answers, P(yes), anomaly-map stats, timings."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
@@ -88,7 +88,8 @@ def infer(
 
     timings = {"load_s": load_s, "encode_s": prefix.encode_s, "prefill_s": prefix.prefill_s}
     if as_json:
-        out.write(json.dumps(_report(engine, test, reference, fact_list, answers, anomaly, heatmap, timings),
+        used = prefix.encoding.facts[0]  # what the model read: the checkpoint's defaults when none were given
+        out.write(json.dumps(_report(engine, test, reference, used, answers, anomaly, heatmap, timings),
                              indent=2) + "\n")
         return
     if anomaly is not None:
@@ -101,6 +102,9 @@ def infer(
                   f"{gh}x{gw}); mean {anomaly['mean']:.3f}\n")
     if heatmap is not None:
         out.write(f"heatmap: {heatmap}\n")
+    if not fact_list and engine.default_facts:
+        out.write(f"facts: the checkpoint's {len(engine.default_facts)} generic sentences (facts.txt); --facts gives "
+                  "your own\n")
     if engine.checkpoint is None:
         out.write(f"note: {engine.backbone_name} with untrained SAGE layers (no --checkpoint); answers are not "
                   "those of a trained inspector\n")

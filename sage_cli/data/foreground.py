@@ -91,13 +91,30 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fill_object_holes(m: np.ndarray, d: np.ndarray, t: float) -> np.ndarray:
+    """``m`` with its holes filled, except holes through which the background shows (a washer's bore).
+
+    A hole is kept open when it is more than a speck and its pixels look like the border: median
+    distance ``d`` under half the threshold ``t``. Other holes (a highlight, a dark spot on the part)
+    are the object's own pixels that missed the threshold.
+    """
+    holes = fill_holes(m) & ~m
+    labels, n = _components(holes)
+    out = m | holes
+    for i in range(1, n + 1):
+        hole = labels == i
+        if hole.sum() >= 0.002 * m.size and float(np.median(d[hole])) < 0.5 * t:
+            out &= ~hole
+    return out
+
+
 def estimate_foreground(img: np.ndarray) -> np.ndarray:
     """A bool mask [H, W] of the object in ``img`` [H, W, 3] uint8; all True for full-frame textures.
 
     Pixels are compared with the border's median colour, in chromaticity (so the object's cast
     shadow, darker but the same hue as the background, stays background) and, more weakly, in
     brightness; Otsu's threshold splits the distances, and the largest component with its holes
-    filled is the object. When the border is not a plain background, or no compact object stands
+    filled (except holes showing the background) is the object. When the border is not a plain background, or no compact object stands
     out from it, the whole frame is returned.
     """
     from PIL import Image
@@ -158,7 +175,7 @@ def estimate_foreground(img: np.ndarray) -> np.ndarray:
         return full
     sizes = np.bincount(labels.ravel())[1:]
     m = labels == (int(np.argmax(sizes)) + 1)
-    m = fill_holes(m)
+    m = _fill_object_holes(m, d, t)
     frac = float(m.mean())
     if frac < 0.01 or frac > 0.92:
         return full

@@ -64,8 +64,12 @@ class Answer:
 class Engine:
     def __init__(self, model: SageModel, backbone_name: str, checkpoint: str | None = None,
                  repetition_penalty: float = 1.0):
+        from sage_cli.models.checkpoint import default_facts
+
         self.model = model.eval()
         self.backbone_name, self.checkpoint = backbone_name, checkpoint
+        # used by `encode` when a pair comes without facts (checkpoint.default_facts says why)
+        self.default_facts = default_facts(checkpoint) if checkpoint and model.facts_mode != "none" else []
         # > 1 discourages tokens already generated (small models loop under greedy decoding); 1 = off
         self.repetition_penalty = repetition_penalty
         tok = model.backbone.tokenizer
@@ -114,12 +118,16 @@ class Engine:
 
     @torch.no_grad()
     def encode(self, test, reference=None, facts: list[str] | None = None) -> Prefix:
-        """PIL test (+ reference) image and fact sentences -> a Prefix every question can reuse."""
+        """PIL test (+ reference) image and fact sentences -> a Prefix every question can reuse.
+
+        No facts = the checkpoint's default facts, if it has any (`self.default_facts`).
+        """
         t0 = time.perf_counter()
+        facts = list(facts or []) or self.default_facts
         bb = self.model.backbone
         test_px = bb.preprocess([test])  # [1, 3, H, W]
         ref_px = bb.preprocess([reference]) if reference is not None else None
-        enc = self.model.encode(test_px, ref_px, [list(facts or [])])
+        enc = self.model.encode(test_px, ref_px, [facts])
         pieces, at = self.model.prompt_pieces(enc, 0, "")
         n = sum(p.shape[0] for p in pieces[:at])
         # No prefill yet: the first question is prefilled together with the prefix (one forward, as plain

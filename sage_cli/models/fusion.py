@@ -5,7 +5,11 @@ are the difference features v_t[i] - v_r[nn(i)] of the K comparison patches and 
 their test features v_t[i] (the paper's variant, `values="test"`). Because test features alone
 carry *where* the test differs but not *how much*, two documented switches also carry the
 dissimilarity into the values: `"diff"` (values = difference features) and `"test+sim"` (test
-features with 1 - s_i appended). Zero-shot: keys = values = all test patches, as the paper says.
+features with one channel appended: the patch's 1 - s_i relative to the image's mean 1 - s, times the
+patch's feature norm). Raw, 1 - s_i is ~0.02 on a normal patch and ~0.08 on a defect beside features of
+norm ~30: one such channel is invisible to W_v, and the fused tokens carried no more than "test". The
+ratio to the image's mean is also independent of how tight the trained adapter packs the features.
+Zero-shot: keys = values = all test patches, as the paper says.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ class Comparison:
 
     s: torch.Tensor | None  # [B, P] nearest-reference similarity; None zero-shot
     idx: torch.Tensor | None  # [B, K] selected test patches, most anomalous first; None zero-shot
+    # [B, L, 1] per fact: the attention-weighted relative dissimilarity of the patches it read
+    # (values="test+sim", one-shot only); the projection adds it after its LayerNorm
+    fact_sim: torch.Tensor | None = None
 
 
 class FusionAttention(nn.Module):
@@ -66,31 +73,58 @@ class FusionAttention(nn.Module):
             elif self.values == "diff":
                 values = keys
             else:
-                dissim = (1.0 - torch.gather(s, 1, idx)).unsqueeze(-1).to(v_t.dtype)  # [B, K, 1]
-                values = torch.cat([test_k, dissim], dim=-1)
+                rel = relative_dissimilarity(s, idx).to(v_t.dtype)  # [B, K, 1]
+                values = torch.cat([test_k, rel * test_k.norm(dim=-1, keepdim=True)], dim=-1)
+                t_s, attn = self._attend(t_g, keys, values, weights=True)
+                return t_s, Comparison(s, idx, attn @ rel)  # [B, L, K] @ [B, K, 1]
             cmp = Comparison(s, idx)
-        return self._attend(t_g, keys, values), cmp
+        return self._attend(t_g, keys, values)[0], cmp
 
-    def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output [B, L, C], and with `weights` the head-averaged attention [B, L, K]."""
         b, l, c = q_in.shape
         h, d = self.heads, c // self.heads
         q = self.w_q(q_in).view(b, l, h, d).transpose(1, 2)  # [B, h, L, d]
         k = self.w_k(k_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
         v = self.w_v(v_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [B, h, L, d]
-        return out.transpose(1, 2).reshape(b, l, c)  # heads stacked back: [B, L, C]
+        if weights:  # K is a handful of patches: the explicit softmax costs nothing
+            a = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1)  # [B, h, L, K]
+            out, avg = a @ v, a.mean(1)
+        else:
+            out, avg = torch.nn.functional.scaled_dot_product_attention(q, k, v), None  # [B, h, L, d]
+        return out.transpose(1, 2).reshape(b, l, c), avg  # heads stacked back: [B, L, C]
+
+
+def relative_dissimilarity(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(1 - s_i) / mean_j (1 - s_j) of the selected patches: s [B, P], idx [B, K] -> [B, K, 1].
+
+    About 1-2 on a normal image's least similar patches, several times that on a defect.
+    """
+    d = 1.0 - s  # [B, P]
+    return (torch.gather(d, 1, idx) / d.mean(1, keepdim=True).clamp(min=1e-6)).unsqueeze(-1)
 
 
 class FactProjector(nn.Module):
-    """φ_Proj of Eq. 9 for the fused fact tokens: LayerNorm + Linear into the LLM's input space."""
+    """φ_Proj of Eq. 9 for the fused fact tokens: LayerNorm + Linear into the LLM's input space.
 
-    def __init__(self, dim: int):
+    With `sim` (values="test+sim") a learned direction scaled by log of each fact's relative
+    dissimilarity is added after the LayerNorm, which would otherwise divide away how strongly the
+    test differs, the very thing a verdict needs.
+    """
+
+    def __init__(self, dim: int, sim: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim)
+        self.sim = nn.Linear(1, dim) if sim else None
 
-    def forward(self, t_s: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, L, C]
-        return self.proj(self.norm(t_s))
+    def forward(self, t_s: torch.Tensor, fact_sim: torch.Tensor | None = None) -> torch.Tensor:
+        """t_s [B, L, C], fact_sim [B, L, 1] or None -> [B, L, C]."""
+        out = self.proj(self.norm(t_s))
+        if self.sim is not None and fact_sim is not None:
+            out = out + self.sim(fact_sim.clamp(min=1e-6).log().to(out.dtype))
+        return out
 
 
 def pool_fact_embeddings(token_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ class SageModel(nn.Module):
         self.facts_mode, self.num_facts = facts_mode, num_facts
         c = backbone.hidden_size
         self.fusion = FusionAttention(c, fusion_heads, k_patches, fusion_values)
-        self.projector = FactProjector(c)
+        self.projector = FactProjector(c, sim=fusion_values == "test+sim")
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +127,7 @@ class SageModel(nn.Module):
         if self.facts_mode == "fe" and any(facts):
             t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
             t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, v_r)  # [B, L, C]
-            t_s = self.projector(t_s)
+            t_s = self.projector(t_s, cmp.fact_sim)
             fact_tokens = [t_s[i][fact_mask[i]] for i in range(len(facts))]  # real facts only: [L_i, C]
         elif v_r is not None:
             s, _ = nearest_similarity(v_t, v_r)  # the anomaly map is shown whatever the facts mode

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from sage_cli.models.sage import IGNORE
 
 
-def sequence_logps(hidden: torch.Tensor, head, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(hidden: torch.Tensor, head, labels: torch.Tensor,
+                   first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(token) over each sequence's labelled tokens, and how many there are: [B], [B].
 
     hidden [B, T, C] is the decoder's last hidden state, `head` the LM head, labels [B, T] (IGNORE outside
@@ -21,8 +22,15 @@ def sequence_logps(hidden: torch.Tensor, head, labels: torch.Tensor) -> tuple[to
     logits = head(h[mask]).float()  # [N, V]
     picked = F.log_softmax(logits, dim=-1).gather(1, labels[mask].unsqueeze(1)).squeeze(1)  # [N]
     rows = mask.nonzero(as_tuple=True)[0]
+    counts = mask.sum(-1).to(picked.dtype)  # [B]
+    if first_weight != 1.0:
+        first = torch.ones_like(rows, dtype=torch.bool)
+        first[1:] = rows[1:] != rows[:-1]  # mask.nonzero is row-major: a row's first answer token starts its run
+        weight = torch.where(first, first_weight, 1.0).to(picked.dtype)  # [N]
+        picked = picked * weight
+        counts = counts + (first_weight - 1.0) * (counts > 0)
     sums = torch.zeros(labels.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
-    return sums, mask.sum(-1)
+    return sums, counts
 
 
 def edpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

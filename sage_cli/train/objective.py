@@ -12,24 +12,29 @@ from torch import nn
 from sage_cli.train.losses import sequence_logps
 
 
-def _answer_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _answer_logps(model, batch, first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The LLM's decoder on a built batch, then log-probs of the answer tokens only: sums [B], counts [B]."""
     lm = model.backbone.language_model
     hidden = lm.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).last_hidden_state
-    return sequence_logps(hidden, lm.lm_head, batch.labels)  # hidden: [B, T, C]
+    return sequence_logps(hidden, lm.lm_head, batch.labels, first_weight)  # hidden: [B, T, C]
 
 
 class SFEObjective(nn.Module):
-    """Stage 1: cross-entropy on the answer tokens (Eq. 8), averaged over all answer tokens of the batch."""
+    """Stage 1: cross-entropy on the answer tokens (Eq. 8), averaged over all answer tokens of the batch.
 
-    def __init__(self, model):
+    `verdict_weight` > 1 counts each answer's first token that many times. The verdict is one token in
+    ~40 of an expert answer; a small model otherwise spends the stage learning the wording around it.
+    """
+
+    def __init__(self, model, verdict_weight: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.verdict_weight = model, verdict_weight
 
     def forward(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]], questions: list[str],
                 answers: list[str]) -> torch.Tensor:
         m = self.model
-        sums, counts = _answer_logps(m, m.assemble(m.encode_features(f_t, f_r, facts), questions, answers))
+        batch = m.assemble(m.encode_features(f_t, f_r, facts), questions, answers)
+        sums, counts = _answer_logps(m, batch, self.verdict_weight)
         return -sums.sum() / counts.sum().clamp(min=1)
 
 

@@ -383,6 +383,8 @@ def load_examples(stage: str, recipe):
     if not d.train:
         kind = "QA groups (`sage prefs build`)" if stage == "sfe" else "preference pairs (`sage score mle`)"
         raise SageError(f"no training data: set data.train (or --train) to a JSON Lines file of {kind}")
+    if recipe.train.verdict_weight <= 0:
+        raise SageError(f"train.verdict_weight must be > 0, got {recipe.train.verdict_weight}")
     facts = ex.FactsIndex(d.facts)
     if stage == "sfe":
         train = ex.sfe_examples(d.train, d.root, facts, d.shots)
@@ -503,7 +505,8 @@ class Run:
         acc, rc, plan = self.accelerator, self.recipe, self.plan
         torch.manual_seed(rc.train.seed)
         random.seed(rc.train.seed)
-        objective = SFEObjective(self.model) if self.stage == "sfe" else PairLogps(self.model)
+        objective = (SFEObjective(self.model, rc.train.verdict_weight) if self.stage == "sfe"
+                     else PairLogps(self.model))
         ref = self._val_ref = None
         if self.stage == "edpo":
             if self.val_set:  # before training: the reference is the starting model
