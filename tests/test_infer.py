@@ -184,10 +184,10 @@ def test_cli_zero_shot_and_facts_file(tiny_vlm, tmp_path, capsys):
 def test_a_checkpoints_default_facts_are_read_when_none_are_given(tiny_vlm, tmp_path, capsys):
     test, ref = _pair(tmp_path)
     ckpt = checkpoint.save(Engine.load(str(tiny_vlm)).model, tmp_path / "ckpt", backbone=str(tiny_vlm))
-    (ckpt / checkpoint.FACTS).write_text("\n".join(FACTS) + "\n\n", encoding="utf-8")
+    (ckpt / checkpoint.FACTS).write_text("# generic facts\n" + "\n".join(FACTS) + "\n\n", encoding="utf-8")
     args = ["infer", str(test), str(ref), "--checkpoint", str(ckpt), "--max-new-tokens", "2"]
     assert run(args + ["--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["facts"] == FACTS  # what the model read, blank lines dropped
+    assert json.loads(capsys.readouterr().out)["facts"] == FACTS  # what the model read: no comment, no blank
     assert run(args) == 0
     assert "facts: the checkpoint's 2 generic sentences (facts.txt)" in capsys.readouterr().out
     own = tmp_path / "own.txt"
@@ -198,6 +198,12 @@ def test_a_checkpoints_default_facts_are_read_when_none_are_given(tiny_vlm, tmp_
     assert eng.encode(_img(0), _img(1)).encoding.fact_tokens[0].shape[0] == 2  # defaults become fact tokens
     eng.model.facts_mode = "none"
     assert Engine(eng.model, "x", str(ckpt)).default_facts == []  # a model without fact tokens needs none
+    (ckpt / checkpoint.FACTS).write_text('{"format": "sage-facts/1"}\n', encoding="utf-8")
+    capsys.readouterr()
+    assert run(args) == 1  # not a list of sentences: one error line (after the weights' loading bar), no traceback
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "facts.txt" in last and "Traceback" not in err and err.count("error: ") == 1
 
 
 @pytest.mark.parametrize("case, match", [

@@ -211,6 +211,7 @@ def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
     ("missingimg", "not found under"),
     ("malformed", "missing field 'chosen'"),
     ("used", "holds an earlier run"),
+    ("weight", "train.verdict_weight must be > 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, tmp_path, capsys):
     out = tmp_path / "run"
@@ -219,6 +220,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, t
     elif case == "used":
         out = sfe_run
         args = _sfe_args(world, sfe_run)
+    elif case == "weight":
+        args = _sfe_args(world, out, "train.verdict_weight=0")
     else:
         pairs = tmp_path / "pairs.jsonl"
         recs = [json.loads(line) for line in world["pairs"].read_text().splitlines()]

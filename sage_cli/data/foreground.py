@@ -114,8 +114,8 @@ def estimate_foreground(img: np.ndarray) -> np.ndarray:
     Pixels are compared with the border's median colour, in chromaticity (so the object's cast
     shadow, darker but the same hue as the background, stays background) and, more weakly, in
     brightness; Otsu's threshold splits the distances, and the largest component with its holes
-    filled (except holes showing the background) is the object. When the border is not a plain background, or no compact object stands
-    out from it, the whole frame is returned.
+    filled (except holes showing the background) is the object. When the border is not a plain
+    background, or no compact object stands out from it, the whole frame is returned.
     """
     from PIL import Image
 

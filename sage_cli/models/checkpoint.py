@@ -140,10 +140,15 @@ def default_facts(ckpt_dir: str | Path) -> list[str]:
     while facts written for another kind of part, or generic ones, barely changed its answers. So a
     checkpoint may carry generic facts for requests that bring none.
     """
+    from sage_cli.facts.store import FactsFile
+
     path = Path(ckpt_dir) / FACTS
     if not path.is_file():
         return []
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    facts = FactsFile(path).same  # read like any `--facts` text file: one per line, # comments
+    if facts is None:
+        raise SageError(f"{path}: one fact sentence per line, not facts JSON Lines")
+    return facts
 
 
 def load_into(model, ckpt_dir: str | Path, backbone: str) -> dict:

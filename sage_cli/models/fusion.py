@@ -57,9 +57,10 @@ class FusionAttention(nn.Module):
         Returns t^s [B, L, C] and the comparison. Facts are independent queries, so a padded fact
         slot changes no other slot's output (the caller masks padded slots in the LLM).
         """
+        rel = None  # [B, K, 1] relative dissimilarity of the K patches (test+sim, one-shot)
         if v_r is None:
             keys = values = v_t  # [B, P, C]
-            cmp = Comparison(None, None)
+            s = idx = None
             if self.values == "test+sim":
                 values = torch.cat([v_t, v_t.new_zeros(*v_t.shape[:2], 1)], dim=-1)
         else:
@@ -73,12 +74,10 @@ class FusionAttention(nn.Module):
             elif self.values == "diff":
                 values = keys
             else:
-                rel = relative_dissimilarity(s, idx).to(v_t.dtype)  # [B, K, 1]
+                rel = relative_dissimilarity(s, idx).to(v_t.dtype)
                 values = torch.cat([test_k, rel * test_k.norm(dim=-1, keepdim=True)], dim=-1)
-                t_s, attn = self._attend(t_g, keys, values, weights=True)
-                return t_s, Comparison(s, idx, attn @ rel)  # [B, L, K] @ [B, K, 1]
-            cmp = Comparison(s, idx)
-        return self._attend(t_g, keys, values)[0], cmp
+        t_s, attn = self._attend(t_g, keys, values, weights=rel is not None)
+        return t_s, Comparison(s, idx, attn @ rel if rel is not None else None)  # [B, L, K] @ [B, K, 1]
 
     def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
                 weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
