@@ -33,6 +33,7 @@ class ModelConfig:
     k_patches: int = 16  # K in Eq. 1
     fusion_heads: int = 4
     fusion_values: Literal["test", "diff", "test+sim"] = "test"  # "test" is the paper's Eq. 2
+    peak_hint: bool = False  # add a learned direction × log(anomaly-map peak) to the question's tokens
     image_size: int | None = None  # None = the backbone's native size
 
 

@@ -122,14 +122,26 @@ def test_relative_dissimilarity_is_large_on_a_local_defect_and_blind_to_feature_
 
 
 def test_projection_adds_log_dissimilarity_after_its_layernorm():
-    """The LayerNorm divides away how strongly the test differs; test+sim adds it back afterwards."""
+    """The LayerNorm divides away how strongly the test differs; test+sim adds log(peak / 0.05) back afterwards."""
     proj = FactProjector(C, sim=True)
     t_s = torch.randn(B, L, C)
     low, high = proj(t_s, torch.full((B, L, 1), 2.0)), proj(t_s, torch.full((B, L, 1), 8.0))
     assert torch.allclose(high - low, proj.sim.weight[:, 0] * torch.log(torch.tensor(4.0)), atol=1e-5)
     plain = FactProjector(C)  # the paper's projection ignores it
     assert plain.sim is None and torch.equal(plain(t_s, torch.full((B, L, 1), 8.0)), plain(t_s))
+
+def test_fact_sim_is_the_anomaly_maps_peak_for_every_fact():
     fa = FusionAttention(C, heads=4, k_patches=4, values="test+sim")
-    _, cmp = fa(torch.randn(B, L, C), _patches(0), _patches(1))
-    assert cmp.fact_sim.shape == (B, L, 1) and (cmp.fact_sim >= 1 - 1e-5).all()  # a mean of ratios >= 1
+    ref = _patches(1)
+    normal = ref + 0.05 * _patches(2)
+    defect = normal.clone()
+    defect[:, 5] = _patches(3)[:, 5]  # one patch replaced
+    peaks = []
+    for v_t in (normal, defect):
+        _, cmp = fa(torch.randn(B, L, C), v_t, ref)
+        assert cmp.fact_sim.shape == (B, L, 1)
+        assert torch.allclose(cmp.fact_sim[..., 0], (1 - cmp.s).amax(1, keepdim=True).expand(B, L))
+        peaks.append(cmp.fact_sim[:, 0, 0])
+    assert (peaks[1] > 5 * peaks[0]).all()  # one changed patch lifts the peak, whatever the facts
     assert fa(torch.randn(B, L, C), _patches(0), None)[1].fact_sim is None  # zero-shot: nothing to compare
+    assert FusionAttention(C, heads=4, k_patches=4)(torch.randn(B, L, C), normal, ref)[1].fact_sim is None

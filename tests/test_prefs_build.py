@@ -103,7 +103,8 @@ def test_hazelnut_groups_are_grounded_and_ranked(hazelnut, tmp_path, capsys):
             touched = cells_touched(g.defect.bbox, 512, 512)
             for q in g.questions:  # a place named as wrong lies outside the defect's box
                 asked = [c for c in GRID if mentions(q.question, c)]
-                if q.level == "identification" and asked and not q.answer:
+                fine = "consistent" in q.question or "look as it should" in q.question  # yes = clean there
+                if q.level == "identification" and asked and q.answer == fine:
                     assert max(asked, key=len) not in touched, (q.question, g.defect.bbox)
         else:
             for a1 in a1s:
@@ -165,6 +166,12 @@ def test_normal_share_adds_normal_pairs_from_train_good(make_tiny_mvtec, tmp_pat
     assert len(extra) == 5 and all(g.reference_image != g.test_image for g in extra)
     pairs = {(g.test_image, g.reference_image) for g in extra}
     assert len(pairs) == 5  # an image used twice gets another reference
+    # ... and other questions: the same text on every reuse would let a model learn the image by its wording
+    by_image: dict[str, list[list[str]]] = {}
+    for g in extra:
+        by_image.setdefault(g.test_image, []).append([q.question for q in g.questions])
+    reused = [qs for qs in by_image.values() if len(qs) > 1]
+    assert reused and all(qs[0] != qs[1] for qs in reused)
     assert len({g.id for g in train}) == 12 and manifest["settings"]["normal_share"] == 0.5
     for g in extra:
         check_group(g)

@@ -128,5 +128,33 @@ def test_a_wrong_place_is_never_a_cell_the_defect_reaches():
         f = Finding(object_info("widget"), defect_info("crack"), "center", 1.0, whole.bbox, (512, 512), True,
                     distractors(defect_info("crack"), [], 2, rng))
         for q in Writer(f, rng).identification():
-            if "center" in q.question:
-                assert q.answer is True, q.question
+            if "center" in q.question:  # yes = "a defect is there", unless it asks whether the place is fine
+                fine = "consistent" in q.question or "look as it should" in q.question
+                assert q.answer is not fine, q.question
+
+
+def test_the_wording_does_not_give_the_verdict_away():
+    # Defective and normal images draw every question family with the same odds from the same phrase
+    # banks: with the asked kind, place and size masked, a question's text says nothing about whether
+    # the image is defective. (Before, the text alone predicted 74% of the answers.)
+    masks = ("crack", "hole", "scratch on the head", "scratch", "colour discoloration", "contamination",
+             "upper left", "upper center", "upper right", "middle left", "middle right", "lower left",
+             "lower center", "lower right", "center", "medium-sized", "tiny", "small", "large")
+    kinds = ["crack", "hole", "scratch_head", "color", "contamination"]
+    by_text: dict[str, list[bool]] = {}
+    for seed in range(400):
+        rng = random.Random(seed)
+        kind = rng.choice(kinds)
+        loc = rng.choice(["upper left", "center", "lower right", "middle left"])
+        defect = Defect(kind, "m.png", (10, 10, 20, 20), loc, 0.01) if seed % 2 else None
+        for q in group_for(record(kind if defect else "good", defect, "ref.png"), kinds, seed).questions:
+            text = q.question
+            for m in masks:
+                text = re.sub(rf"\b{re.escape(m)}\b", "_", text)
+            text = re.sub(r"\b(a|an) _", "_", text)
+            by_text.setdefault(text, []).append(defect is not None)
+    # The best guess of "defective?" from the masked text alone, over all questions
+    hits = sum(max(sum(v), len(v) - sum(v)) for v in by_text.values())
+    total = sum(len(v) for v in by_text.values())
+    assert total == 2000 and hits / total < 0.56, (hits / total, len(by_text))
+    assert all(0.3 < sum(v) / len(v) < 0.7 for v in by_text.values() if len(v) >= 40), by_text.keys()

@@ -82,3 +82,27 @@ def test_generate_returns_text(model):
                         [["f."], []], padding_side="left")
     out = model.generate(batch, max_new_tokens=4)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
+
+
+def test_peak_hint_adds_the_anomaly_peak_to_the_question_tokens_only(tmp_path):
+    from sage_cli.models import checkpoint
+
+    torch.manual_seed(0)
+    bb = tiny_composed()
+    model = SageModel(bb, k_patches=2, fusion_heads=4, peak_hint=True).eval()
+    t, r = bb.preprocess(_images(1, 0)), bb.preprocess(_images(1, 1))
+    with torch.no_grad():
+        model.projector.hint.weight.fill_(1.0)
+        enc = model.encode(t, r, [["a fact."]])
+        q = model.question_piece(enc, 0, "Is there a defect?")
+        plain = model.embed_text("Is there a defect?")
+        peak = (1 - enc.comparison.s[0]).max()
+        assert torch.allclose(q - plain, (torch.log(peak / 0.05) + 0 * q[:1]).expand_as(q), atol=1e-5)
+        pieces, at = model.prompt_pieces(enc, 0, "Is there a defect?")
+        assert torch.equal(pieces[at], q)  # the rest of the prompt is untouched
+        zero = model.encode(t, None, [["a fact."]])
+        assert torch.equal(model.question_piece(zero, 0, "Is there a defect?"), plain)  # no reference, no peak
+    # a checkpoint remembers the setting; the paper's model has no hint at all
+    checkpoint.save(model, tmp_path / "ck", "tiny")
+    assert checkpoint.read_config(tmp_path / "ck")["sage"]["peak_hint"] is True
+    assert SageModel(bb, k_patches=2).projector.hint is None

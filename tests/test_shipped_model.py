@@ -51,3 +51,6 @@ def test_the_defective_pair_gets_yes_and_the_normal_pair_no(capsys, tmp_path):
     good = _ask(capsys, NORMAL, tmp_path)
     b = good["answers"][0]
     assert verdict(b["answer"], QUESTION)[0] is False and b["p_yes"] < 0.5, b
+    # the margin the model card reports (0.504 against 0.322): a regression shows here first
+    assert a["p_yes"] - b["p_yes"] > 0.1, (a["p_yes"], b["p_yes"])
+    assert bad["facts"] == good["facts"] and len(bad["facts"]) == 8  # the shipped facts.txt, as no facts were given

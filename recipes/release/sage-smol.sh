@@ -17,8 +17,11 @@ set -euo pipefail
 SAGE=${SAGE:-sage}
 R=${R:-runs/release}
 HAZELNUT=${HAZELNUT:-../shared/data/hazelnut_toy}
-SFE_STEPS=${SFE_STEPS:-400}
+SFE_STEPS=${SFE_STEPS:-400}        # SFE, then VERDICT_STEPS more from its checkpoint with the Yes/No token
+VERDICT_STEPS=${VERDICT_STEPS:-200}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
+VERDICT_WEIGHT=${VERDICT_WEIGHT:-40} # the image late: after 400 steps P(yes) was 0.31 on defects, 0.20 on normals)
 DPO_STEPS=${DPO_STEPS:-100}
+SCORE_GROUPS=${SCORE_GROUPS:-800}  # QA groups scored for preference pairs (800 groups: ~8,000 pairs)
 TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
 HELD_OUT=${HELD_OUT:-ceramic_tile washer grass}
 BENCH_PER_KIND=${BENCH_PER_KIND:-1}  # held-out bench: defect images per category and defect kind, + all normals
@@ -65,7 +68,8 @@ data() {
         $SAGE facts extract --from "$root" --out "$R/facts.jsonl" --per-category --which all
     done
     [ -f "$R/prefs/prefs.json" ] || $SAGE prefs build --from "$R/synth-train" --out "$R/prefs" --seed 0 --val-frac 0.05 --normal-share 0.5
-    $SAGE score mle "$R/prefs/train.jsonl" --out "$R/scores" --judge offline:sbert
+    # E-DPO's DPO_STEPS x 2 pairs need only a few hundred groups; scoring all 2,230 takes ~1.5 h on 2 cores
+    $SAGE score mle "$R/prefs/train.jsonl" --out "$R/scores" --judge offline:sbert --limit "$SCORE_GROUPS"
 }
 
 train_row() {  # name, stage, extra overrides...
@@ -75,15 +79,22 @@ train_row() {  # name, stage, extra overrides...
     $SAGE train "$stage" --out "$out" --facts "$R/facts.jsonl" --resume auto "train.seed=$SEED" train.save_every=50 "$@"
 }
 
+sfe_row() {  # name, facts mode: SFE_STEPS steps in NAME, then VERDICT_STEPS more in NAME-v (the row's model)
+    local qa="$R/prefs/train.jsonl"
+    train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS"
+    train_row "$1-v" sfe --train "$qa" --checkpoint "$R/seed-$SEED/$1/checkpoint" "train.seed=$((SEED + 1))" \
+        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS"
+}
+
 ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships
 
 train() {  # rows...
-    local qa="$R/prefs/train.jsonl" pairs="$R/scores/pairs.jsonl" fe="$R/seed-$SEED/fe/checkpoint"
+    local pairs="$R/scores/pairs.jsonl" fe="$R/seed-$SEED/fe-v/checkpoint"
     for row in "$@"; do
         case $row in
-            fe) train_row fe sfe --train "$qa" model.facts_mode=fe "train.max_steps=$SFE_STEPS" ;;
-            sft) train_row sft sfe --train "$qa" model.facts_mode=none "train.max_steps=$SFE_STEPS" ;;
-            hard) train_row hard sfe --train "$qa" model.facts_mode=hard "train.max_steps=$SFE_STEPS" ;;
+            fe) sfe_row fe fe ;;
+            sft) sfe_row sft none ;;
+            hard) sfe_row hard hard ;;
             edpo) train_row edpo edpo --train "$pairs" --checkpoint "$fe" "train.max_steps=$DPO_STEPS" ;;
             dpo) train_row dpo edpo --train "$pairs" --checkpoint "$fe" edpo.eta=0 edpo.pairs=max \
                      "train.max_steps=$DPO_STEPS" ;;
@@ -106,15 +117,20 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
     for row in "$@"; do
         if [ "$row" = untrained ]; then
             bench_one "$R/bench/untrained" --backbone sage-smol
-        elif [ -f "$R/seed-$SEED/$row/checkpoint/config.json" ]; then
-            bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$R/seed-$SEED/$row/checkpoint"
+        else
+            local run=$row; case $row in fe | sft | hard) run=$row-v ;; esac  # an SFE row's model is its -v run
+            if [ -f "$R/seed-$SEED/$run/checkpoint/config.json" ]; then
+                bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$R/seed-$SEED/$run/checkpoint"
+            fi
         fi
     done
 }
 
 ship() {  # seed 0's full model, half precision, with generic facts for requests that bring none
-    local to=sage_cli/assets/sage-smol
+    local to=sage_cli/assets/sage-smol card
+    card=$(cat "$to/MODEL_CARD.md" 2>/dev/null || true)  # the card is written by hand: keep it
     $SAGE models pack "$R/seed-0/edpo/checkpoint" --out "$to"
+    [ -n "$card" ] && printf '%s\n' "$card" > "$to/MODEL_CARD.md"
     # It was trained with fact tokens and needs some; these stand in for a facts file (see MODEL_CARD.md).
     cat > "$to/facts.txt" <<'FACTS'
 The object in the image is a manufactured part or material photographed for visual inspection.

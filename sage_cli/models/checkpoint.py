@@ -101,6 +101,7 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, l
             "k_patches": model.fusion.k_patches,
             "fusion_heads": model.fusion.heads,
             "fusion_values": model.fusion.values,
+            "peak_hint": model.projector.hint is not None,
         },
         "lora": lora,  # LoRA settings when the LLM was trained with LoRA (loading injects it first)
         # a composed backbone's adapter grid depends on its input size (HF VLMs fix theirs in their config)

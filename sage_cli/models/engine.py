@@ -165,7 +165,7 @@ class Engine:
         if not question.strip():
             raise SageError("the question is empty")
         pieces = list(prefix.pieces)
-        pieces[prefix.at] = self.model.embed_text(question.strip()).to(pieces[0].dtype)
+        pieces[prefix.at] = self.model.question_piece(prefix.encoding, 0, question).to(pieces[0].dtype)
         rest = torch.cat(pieces[prefix.at:])[None]  # [1, T_rest, C]
         if prefix.cache is None:  # first question: prefix + question in one forward
             cache = _new_cache(self.model.backbone.language_model)
@@ -195,7 +195,7 @@ class Engine:
         rests = []
         for q in questions:
             pieces = list(prefix.pieces)
-            pieces[prefix.at] = self.model.embed_text(q.strip()).to(dtype)
+            pieces[prefix.at] = self.model.question_piece(prefix.encoding, 0, q).to(dtype)
             rests.append(torch.cat(pieces[prefix.at:]))  # [T_i, C]
         width = max(r.shape[0] for r in rests)
         c = rests[0].shape[1]

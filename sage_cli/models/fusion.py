@@ -9,6 +9,10 @@ features with one channel appended: the patch's 1 - s_i relative to the image's 
 patch's feature norm). Raw, 1 - s_i is ~0.02 on a normal patch and ~0.08 on a defect beside features of
 norm ~30: one such channel is invisible to W_v, and the fused tokens carried no more than "test". The
 ratio to the image's mean is also independent of how tight the trained adapter packs the features.
+`test+sim` also hands the projection the anomaly map's peak, max_i (1 - s_i): the training-free
+detector, and a far better one than anything the attention averages (AUROC 0.95 on synthetic and 0.96
+on real hazelnut pairs with a sage-smol at 100 SFE steps, against 0.79 / 0.87 for the attention-weighted
+ratio the fact tokens carried before).
 Zero-shot: keys = values = all test patches, as the paper says.
 """
 
@@ -30,8 +34,8 @@ class Comparison:
 
     s: torch.Tensor | None  # [B, P] nearest-reference similarity; None zero-shot
     idx: torch.Tensor | None  # [B, K] selected test patches, most anomalous first; None zero-shot
-    # [B, L, 1] per fact: the attention-weighted relative dissimilarity of the patches it read
-    # (values="test+sim", one-shot only); the projection adds it after its LayerNorm
+    # [B, L, 1] the anomaly map's peak max_i (1 - s_i), the same for every fact slot (values="test+sim",
+    # one-shot only); the projection adds it after its LayerNorm
     fact_sim: torch.Tensor | None = None
 
 
@@ -57,7 +61,7 @@ class FusionAttention(nn.Module):
         Returns t^s [B, L, C] and the comparison. Facts are independent queries, so a padded fact
         slot changes no other slot's output (the caller masks padded slots in the LLM).
         """
-        rel = None  # [B, K, 1] relative dissimilarity of the K patches (test+sim, one-shot)
+        fact_sim = None  # [B, L, 1] (test+sim, one-shot)
         if v_r is None:
             keys = values = v_t  # [B, P, C]
             s = idx = None
@@ -76,23 +80,19 @@ class FusionAttention(nn.Module):
             else:
                 rel = relative_dissimilarity(s, idx).to(v_t.dtype)
                 values = torch.cat([test_k, rel * test_k.norm(dim=-1, keepdim=True)], dim=-1)
-        t_s, attn = self._attend(t_g, keys, values, weights=rel is not None)
-        return t_s, Comparison(s, idx, attn @ rel if rel is not None else None)  # [B, L, K] @ [B, K, 1]
+                peak = (1.0 - s).amax(dim=1).to(v_t.dtype)  # [B]
+                fact_sim = peak[:, None, None].expand(-1, t_g.shape[1], 1)
+        return self._attend(t_g, keys, values), Comparison(s, idx, fact_sim)
 
-    def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
-                weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention output [B, L, C], and with `weights` the head-averaged attention [B, L, K]."""
+    def _attend(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+        """Attention output [B, L, C]."""
         b, l, c = q_in.shape
         h, d = self.heads, c // self.heads
         q = self.w_q(q_in).view(b, l, h, d).transpose(1, 2)  # [B, h, L, d]
         k = self.w_k(k_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
         v = self.w_v(v_in).view(b, -1, h, d).transpose(1, 2)  # [B, h, K, d]
-        if weights:  # K is a handful of patches: the explicit softmax costs nothing
-            a = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1)  # [B, h, L, K]
-            out, avg = a @ v, a.mean(1)
-        else:
-            out, avg = torch.nn.functional.scaled_dot_product_attention(q, k, v), None  # [B, h, L, d]
-        return out.transpose(1, 2).reshape(b, l, c), avg  # heads stacked back: [B, L, C]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [B, h, L, d]
+        return out.transpose(1, 2).reshape(b, l, c)  # heads stacked back: [B, L, C]
 
 
 def relative_dissimilarity(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -107,23 +107,38 @@ def relative_dissimilarity(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class FactProjector(nn.Module):
     """φ_Proj of Eq. 9 for the fused fact tokens: LayerNorm + Linear into the LLM's input space.
 
-    With `sim` (values="test+sim") a learned direction scaled by log of each fact's relative
-    dissimilarity is added after the LayerNorm, which would otherwise divide away how strongly the
-    test differs, the very thing a verdict needs.
+    With `sim` (values="test+sim") a learned direction scaled by log(peak / PEAK_SCALE), the anomaly
+    map's peak, is added after the LayerNorm, which would otherwise divide away how strongly the test
+    differs, the very thing a verdict needs.
     """
 
-    def __init__(self, dim: int, sim: bool = False):
+    # A typical peak between a normal (~0.02) and a defective (~0.1) pair: centres the log near 0.
+    PEAK_SCALE = 0.05
+
+    def __init__(self, dim: int, sim: bool = False, hint: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim)
         self.sim = nn.Linear(1, dim) if sim else None
+        # peak_hint: the same evidence for the question's tokens, where the answer reads for certain.
+        # It starts small (norm ~0.5 per unit of log-peak; sage-smol's text embeddings have norm ~3):
+        # an untrained hint barely moves the question, yet the LLM sees it from the first step.
+        self.hint = nn.Linear(1, dim) if hint else None
+        if self.hint is not None:
+            nn.init.normal_(self.hint.weight, std=0.02)
+            nn.init.zeros_(self.hint.bias)
 
     def forward(self, t_s: torch.Tensor, fact_sim: torch.Tensor | None = None) -> torch.Tensor:
         """t_s [B, L, C], fact_sim [B, L, 1] or None -> [B, L, C]."""
         out = self.proj(self.norm(t_s))
         if self.sim is not None and fact_sim is not None:
-            out = out + self.sim(fact_sim.clamp(min=1e-6).log().to(out.dtype))
+            out = out + self.sim((fact_sim.clamp(min=1e-6) / self.PEAK_SCALE).log().to(out.dtype))
         return out
+
+    def question_hint(self, s: torch.Tensor) -> torch.Tensor:
+        """s [P] one pair's nearest-reference similarity -> [C] added to each of its question's tokens."""
+        peak = (1.0 - s.float()).amax().clamp(min=1e-6).reshape(1)  # [1]
+        return self.hint((peak / self.PEAK_SCALE).log().to(self.hint.weight.dtype))
 
 
 def pool_fact_embeddings(token_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ The LLM sees one chat turn laid out as
 
 The fact tokens are t^s = φ_FA(t^g, v_t, v_d) (Eq. 2) after φ_Proj (Eq. 9). `facts_mode="hard"`
 writes the facts into the prompt as text instead (the paper's Fact[Hard]); `"none"` drops them.
+With `peak_hint` (one-shot, not in the paper) the question's tokens also carry log(anomaly-map peak)
+times a learned direction.
 Placeholders in the rendered chat template mark where embeddings are spliced in, so every
 backbone keeps its own template. Position ids run on without repeats (the LLM derives them from
 the attention mask).
@@ -62,7 +64,7 @@ class SageBatch:
 
 class SageModel(nn.Module):
     def __init__(self, backbone: Backbone, facts_mode: str = "fe", num_facts: int = 8, k_patches: int = 16,
-                 fusion_heads: int = 4, fusion_values: str = "test"):
+                 fusion_heads: int = 4, fusion_values: str = "test", peak_hint: bool = False):
         super().__init__()
         if facts_mode not in ("fe", "hard", "none"):
             raise ValueError(f"facts_mode must be fe, hard or none, got {facts_mode!r}")
@@ -70,7 +72,7 @@ class SageModel(nn.Module):
         self.facts_mode, self.num_facts = facts_mode, num_facts
         c = backbone.hidden_size
         self.fusion = FusionAttention(c, fusion_heads, k_patches, fusion_values)
-        self.projector = FactProjector(c, sim=fusion_values == "test+sim")
+        self.projector = FactProjector(c, sim=fusion_values == "test+sim", hint=peak_hint)
 
     @property
     def device(self) -> torch.device:
@@ -154,10 +156,17 @@ class SageModel(nn.Module):
                 pieces.append(slots[part])
             elif part == QUESTION:
                 at = len(pieces)
-                pieces.append(self.embed_text(question.strip()))
+                pieces.append(self.question_piece(enc, i, question))
             elif part:
                 pieces.append(self.embed_text(part))
         return [p.to(enc.v_t.dtype) for p in pieces], at
+
+    def question_piece(self, enc: Encoding, i: int, question: str) -> torch.Tensor:
+        """Sample i's question as [T, C] embeddings; with peak_hint (one-shot) plus the anomaly-map hint."""
+        q = self.embed_text(question.strip())
+        if self.projector.hint is not None and enc.comparison.s is not None:
+            q = q + self.projector.question_hint(enc.comparison.s[i]).to(q.dtype)  # [T, C] + [C]
+        return q
 
     def embed_text(self, text: str) -> torch.Tensor:
         """Text -> [T, C] with the LLM's input embeddings (no special tokens added)."""

@@ -106,7 +106,9 @@ def finding(rec: ImageRecord, pool: list[str], rng: random.Random) -> Finding:
 
 def group_for(rec: ImageRecord, pool: list[str], seed: int) -> QAGroup:
     """The QA group of one test image; ``pool`` = the defect labels of its category (wrong answers)."""
-    rng = image_rng(seed, rec.image)
+    # Keyed by the pair, not the image: a normal image reused against several references gets new
+    # questions each time (the same text six times over would let a model learn the image by its questions).
+    rng = image_rng(seed, f"{rec.image}\0{rec.reference or ''}")
     w = Writer(finding(rec, pool, rng), rng)
     questions = w.standard() + w.identification() + [w.diagnosis()]
     return QAGroup(

@@ -230,31 +230,63 @@ class Writer:
 
     # ------------------------------------------------------------------------------------- identification
 
+    # Every question family below is drawn with the same odds for a defective and a normal test image,
+    # and from the same phrase bank: the wording must not give the verdict away. (It once did: normal
+    # images got "is it free of X?" and defective ones "is the defect X?", and the question text alone
+    # predicted 74% of the answers, so a model learnt the wording and ignored the image.) A question that
+    # presupposes a defect is answered for a normal image by saying there is none.
+    _TYPE_Q = {
+        "presuppose": ("Is the defect on the test {obj} {asked_a}?",
+                       "Is the flaw on the test {obj} best described as {asked_a}?"),
+        "show": ("Does the test {obj} show {asked_a}?", "Is there {asked_a} anywhere on the test {obj}?"),
+        "free": ("Is the test {obj} free of any {asked}?", "Is the {surface} of the test {obj} without {asked_a}?"),
+    }
+    _PLACE_Q = ("Is the defect on the test {obj} in the {asked}?",
+                "Is the anomaly on the test {obj} located in the {asked} of the image?",
+                "Is there a defect in the {asked} of the test {obj}?")
+    _SIZE_Q = ("Is the defect on the test {obj} {asked}?", "Would you call the flaw on the test {obj} {asked}?")
+    _REGION_Q = {
+        "consistent": ("Is the {asked} of the test {obj} consistent with {ref}?",
+                       "Does the {asked} of the test {obj} look as it should?"),
+        "flawed": ("Does the {asked} of the test {obj} show any defect?", "Is there a flaw in the {asked} of the test {obj}?"),
+    }
+    _SIZES = ("tiny", "small", "medium-sized", "large")
+
     def identification(self) -> list[Question]:
-        """Two questions on what and where: the defect's type and its place (or size)."""
+        """Two questions on what and where: the defect's type, and its place, size or a region's state."""
         f = self.f
-        if not f.anomalous:
-            qs = [self._normal_type(), self._normal_region()]
-        elif f.location is None and f.area_frac is None:
+        if f.anomalous and f.location is None and f.area_frac is None:
             # No mask: ask about the type twice, once naming it and once naming another kind.
             first = self.rng.random() < 0.5
-            qs = [self._defect_type(first), self._defect_type(not first)]
+            qs = [self._defect_type(first, "presuppose"), self._defect_type(not first, "show")]
         else:
-            second = self._defect_size if f.location is None or self.rng.random() < 0.25 else self._defect_place
-            if f.area_frac is None:
-                second = self._defect_place
-            asked_true = self.rng.random() < 0.5 or (second == self._defect_place and not self.clear)
-            qs = [self._defect_type(self.rng.random() < 0.5), second(asked_true)]
+            qs = [self._type_question(), self._where_question()]
         self.rng.shuffle(qs)
         return qs
 
-    def _defect_type(self, asked_true: bool) -> Question:
+    def _type_question(self) -> Question:
+        family = self.rng.choice(tuple(self._TYPE_Q))
+        if not self.f.anomalous:
+            return self._normal_type(family)
+        if family == "free":  # "is it free of <its own kind>?": no
+            return self._defect_free()
+        return self._defect_type(self.rng.random() < 0.5, family)
+
+    def _where_question(self) -> Question:
+        r, f = self.rng.random(), self.f
+        family = "region" if r < 1 / 3 else "size" if r < 1 / 2 else "place"
+        if not f.anomalous:
+            return self._normal_region() if family == "region" else self._normal_where(family)
+        if family == "region" and f.location is not None:
+            return self._defect_region()
+        if family != "place" and f.area_frac is not None and (family == "size" or f.location is None):
+            return self._defect_size(self.rng.random() < 0.5)
+        asked_true = self.rng.random() < 0.5 or not self.clear
+        return self._defect_place(asked_true) if f.location is not None else self._defect_size(asked_true)
+
+    def _defect_type(self, asked_true: bool, family: str) -> Question:
         asked = self.f.defect if asked_true else self.f.wrong[0]
-        q = self.say((
-            "Is the defect on the test {obj} {asked_a}?",
-            "Is the flaw on the test {obj} best described as {asked_a}?",
-            "Does the test {obj} show {asked_a}?",
-        ), asked_a=asked.a())
+        q = self.say(self._TYPE_Q[family], asked_a=asked.a(), asked=asked.noun)
         if asked_true:
             opts = [
                 self.say((
@@ -280,14 +312,22 @@ class Writer:
             ]
         return self._question("identification", q, asked_true, opts)
 
+    def _defect_free(self) -> Question:
+        q = self.say(self._TYPE_Q["free"], asked_a=self.f.defect.a(), asked=self.f.defect.noun)
+        opts = [
+            self.say(("No. The test {obj} shows {def_sized}{at}{extent}: {look}.",
+                      "No. There is {def_sized}{at}{extent}, which {ref} does not have.")),
+            self.say(("No, it has {def_a}.", "No, there is one on it.")),
+            self.say(("No, there is {def_a}, though it sits{wat}." if self.f.location else "No, though it could also be {w1_a}.",
+                      "No; there is a mark that is {def_a} or perhaps {w1_a}.")),
+            self.say(("Yes. The {surface} is intact; there is no {noun}.", "Yes, it is free of that kind of flaw.")),
+        ]
+        return self._question("identification", q, False, opts)
+
     def _defect_place(self, asked_true: bool) -> Question:
         loc = self.f.location
         asked = loc if asked_true else self.fields["wloc"]
-        q = self.say((
-            "Is the defect on the test {obj} in the {asked}?",
-            "Is the anomaly on the test {obj} located in the {asked} of the image?",
-            "Does the {noun} on the test {obj} sit in the {asked}?",
-        ), asked=asked)
+        q = self.say(self._PLACE_Q, asked=asked)
         third = next((g for g in self.rng.sample(self.clear, len(self.clear)) if g != asked), None)
         if asked_true:
             opts = [
@@ -315,14 +355,11 @@ class Writer:
 
     def _defect_size(self, asked_true: bool) -> Question:
         size = self.fields["size"]
-        sizes = ("tiny", "small", "medium-sized", "large")
+        sizes = self._SIZES
         other = self.rng.choice([s for s in sizes if s != size])
         asked = size if asked_true else other
         third = next(s for s in self.rng.sample(sizes, len(sizes)) if s not in (size, asked))
-        q = self.say((
-            "Is the defect on the test {obj} {asked}?",
-            "Would you call the {noun} on the test {obj} {asked}?",
-        ), asked=asked)
+        q = self.say(self._SIZE_Q, asked=asked)
         if asked_true:
             opts = [
                 self.say(("Yes. It is {def_sized}{at}{extent}.", "Yes. The test {obj} has {def_sized}{at}{extent}.")),
@@ -341,17 +378,30 @@ class Writer:
             ]
         return self._question("identification", q, asked_true, opts)
 
-    def _normal_type(self) -> Question:
-        free = self.rng.random() < 0.5  # "is it free of X?" (yes) or "does it show X?" (no)
-        if free:
-            q = self.say(("Is the test {obj} free of any {w1}?", "Is the {surface} of the test {obj} without {w1_a}?"))
-        else:
-            q = self.say(("Does the test {obj} show {w1_a}?", "Is there {w1_a} anywhere on the test {obj}?"))
+    def _defect_region(self) -> Question:
+        """Is the defect's own cell consistent with the reference (no) / does it show a defect (yes)?"""
+        consistent = self.rng.random() < 0.5
+        q = self.say(self._REGION_Q["consistent" if consistent else "flawed"], asked=self.f.location)
+        v, nv = self._v(not consistent), self._v(consistent)
+        opts = [
+            self.say(("{v}. The {loc_true} shows {def_sized}{extent}: {look}; {ref} is clean there.",
+                      "{v}. There is {def_sized} in the {loc_true}{box}, which {ref} does not have."),
+                     v=v, loc_true=self.f.location),
+            self.say(("{v}, that part differs from {ref}.", "{v}, there is a flaw there."), v=v),
+            self.say(("{v}; there is {w1_a} there.", "{v}, there is a mark there, probably {w1_a}."), v=v),
+            self.say(("{nv}. That part matches {ref}; nothing is out of place.", "{nv}, it looks fine there."), nv=nv),
+        ]
+        return self._question("identification", q, not consistent, opts)
+
+    def _normal_type(self, family: str) -> Question:
+        """"Is it free of X?" (yes), or "does it show X?" / "is the defect X?" (no: there is none)."""
+        free = family == "free"
+        q = self.say(self._TYPE_Q[family], asked_a=self.fields["w1_a"], asked=self.fields["w1"])
         v, nv = self._v(free), self._v(not free)
         opts = [
             self.say((
-                "{v}. The {surface} is intact and even, as in {ref}; nothing of that kind is there.",
-                "{v}. I checked the whole {obj} against {ref}: the {surface} is uniform and undamaged.",
+                "{v}. The {surface} is intact and even, as in {ref}; there is no defect of any kind.",
+                "{v}. I checked the whole {obj} against {ref}: the {surface} is uniform and undamaged, with no flaw.",
             ), v=v),
             self.say(("{v}, I see nothing like that.", "{v}, it looks clean."), v=v),
             self.say(("{v}, although a faint mark{wat} might be an early {w1}.",
@@ -360,14 +410,25 @@ class Writer:
         ]
         return self._question("identification", q, free, opts)
 
+    def _normal_where(self, family: str) -> Question:
+        """A place or size question that presupposes a defect: no, there is none."""
+        asked = self.fields["loc"] if family == "place" else self.rng.choice(self._SIZES)
+        q = self.say(self._PLACE_Q if family == "place" else self._SIZE_Q, asked=asked)
+        opts = [
+            self.say(("No. There is no defect on the test {obj}: its {surface} matches {ref} everywhere.",
+                      "No. The test {obj} has no flaw to place or measure; outline and {surface} are as in {ref}.")),
+            self.say(("No, there is no defect at all.", "No, the {obj} looks normal.")),
+            self.say(("No, I see no defect, though the {wloc} is hard to judge.",
+                      "No, probably nothing, but a shadow{wat} could hide {w1_a}.")),
+            self.say(("Yes. There is {w1_a} in the {asked}.", "Yes, {w1_a} sits there.") if family == "place" else
+                     ("Yes. It is {asked_w1}{wat}.", "Yes, {asked_w1} sits{wat}."),
+                     asked=asked, asked_w1=self.f.wrong[0].a(asked)),
+        ]
+        return self._question("identification", q, False, opts)
+
     def _normal_region(self) -> Question:
         consistent = self.rng.random() < 0.5  # "is the X consistent?" (yes) or "does X show a defect?" (no)
-        if consistent:
-            q = self.say(("Is the {loc} of the test {obj} consistent with {ref}?",
-                          "Does the {loc} of the test {obj} look as it should?"))
-        else:
-            q = self.say(("Does the {loc} of the test {obj} show any defect?",
-                          "Is there a flaw in the {loc} of the test {obj}?"))
+        q = self.say(self._REGION_Q["consistent" if consistent else "flawed"], asked=self.fields["loc"])
         v, nv = self._v(consistent), self._v(not consistent)
         opts = [
             self.say((
@@ -383,13 +444,29 @@ class Writer:
 
     # ------------------------------------------------------------------------------------- diagnosis
 
+    # Yes means "take it off the line" / yes means "let it go": asked of defective and normal images alike.
+    _DECISION_Q = {
+        "reject": ("Should the test {obj} be rejected?", "Should this {obj} be pulled from the line?",
+                   "Does the test {obj} need any rework?"),
+        "release": ("Can the test {obj} be released as it is?", "Is the test {obj} fit to ship without rework?"),
+    }
+    _FUNCTION_Q = ("Does the {asked} affect how the test {obj} works, beyond its appearance?",
+                   "Is the {asked} on the test {obj} more than a cosmetic problem?")
+    _CAUSE_Q = ("Is the {asked} on the test {obj} most likely caused by {asked_cause}?",
+                "Could {asked_cause} explain the {asked} on the test {obj}?")
+
     def diagnosis(self) -> Question:
-        """One question on what the finding means: reject or release, function, or the likely cause."""
+        """One question on what the finding means: reject or release, function, or the likely cause.
+
+        The kind is drawn alike for every image; about a normal image, the function and cause questions
+        name a defect kind it could have had, and the answer says it has none.
+        """
+        kind = self.rng.choice(("reject", "release", "function", "cause"))
+        d = self.f.defect if self.f.anomalous else self.f.wrong[0]
+        if kind == "cause" and d.key == "anomaly":  # an unknown kind has only a generic cause, too vague to ask
+            kind = "function"
         if not self.f.anomalous:
-            return self._normal_decision()
-        # An unknown kind has only a generic cause, too vague to ask about.
-        kinds = ("reject", "release", "function") + (("cause",) if self.f.defect.key != "anomaly" else ())
-        kind = self.rng.choice(kinds)
+            return self._normal_decision(kind) if kind in self._DECISION_Q else self._normal_meaning(kind)
         if kind == "function":
             return self._defect_function()
         if kind == "cause":
@@ -407,11 +484,7 @@ class Writer:
         return {"action": act, "action_cap": _cap(act)}
 
     def _defect_decision(self, reject: bool) -> Question:
-        if reject:
-            q = self.say(("Should the test {obj} be rejected?", "Should this {obj} be pulled from the line?",
-                          "Does the test {obj} need to be reworked or scrapped?"))
-        else:
-            q = self.say(("Can the test {obj} be released as it is?", "Is the test {obj} fit to ship without rework?"))
+        q = self.say(self._DECISION_Q["reject" if reject else "release"])
         v, nv = self._v(reject), self._v(not reject)
         opts = [
             self.say((
@@ -430,8 +503,7 @@ class Writer:
 
     def _defect_function(self) -> Question:
         functional = self.f.defect.functional
-        q = self.say(("Does the {noun} affect how the test {obj} works, beyond its appearance?",
-                      "Is the {noun} on the test {obj} more than a cosmetic problem?"))
+        q = self.say(self._FUNCTION_Q, asked=self.fields["noun"])
         if functional:
             opts = [
                 self.say((
@@ -459,8 +531,7 @@ class Writer:
     def _defect_cause(self) -> Question:
         # Only the kind's own cause is put to the question: a cause asked as wrong could still be
         # possible (an impact can crack a part too), and an answer "no" would then be false.
-        q = self.say(("Is the {noun} on the test {obj} most likely caused by {cause}?",
-                      "Could {cause} explain the {noun} on the test {obj}?"))
+        q = self.say(self._CAUSE_Q, asked=self.fields["noun"], asked_cause=self.fields["cause"])
         opts = [
             self.say((
                 "Yes. The test {obj} has {def_sized}{at}: {look}, typical of {cause}. A flaw like this {consequence}.",
@@ -473,13 +544,8 @@ class Writer:
         ]
         return self._question("diagnosis", q, True, opts)
 
-    def _normal_decision(self) -> Question:
-        kind = self.rng.choice(("reject", "release", "rework"))
-        q = self.say({
-            "reject": ("Should the test {obj} be rejected?", "Should this {obj} be pulled from the line?"),
-            "release": ("Can the test {obj} be released as it is?", "Is the test {obj} fit to ship?"),
-            "rework": ("Does the test {obj} need any rework?",),
-        }[kind])
+    def _normal_decision(self, kind: str) -> Question:
+        q = self.say(self._DECISION_Q[kind])
         answer = kind == "release"
         v, nv = self._v(answer), self._v(not answer)
         opts = [
@@ -494,6 +560,24 @@ class Writer:
                      nv=nv, w1_sized_cap=_cap(self.fields["w1_sized"])),
         ]
         return self._question("diagnosis", q, answer, opts)
+
+    def _normal_meaning(self, kind: str) -> Question:
+        """Function or cause of a defect kind the normal image does not have: no, there is none."""
+        w1 = self.f.wrong[0]
+        bank = self._FUNCTION_Q if kind == "function" else self._CAUSE_Q
+        q = self.say(bank, asked=w1.noun, asked_cause=w1.cause)
+        opts = [
+            self.say((
+                "No. The test {obj} has no such flaw: it matches {ref} in shape and colour, and its {surface} is intact.",
+                "No. There is nothing of that kind on the test {obj}; outline and {surface} are the same as in {ref}.",
+            )),
+            self.say(("No, there is no such flaw on it.", "No, the {obj} looks normal.")),
+            self.say(("No, I see none, though the {wloc} is hard to judge.",
+                      "No, probably not; a faint mark{wat} would be cosmetic at most.")),
+            self.say(("Yes. {w1_sized_cap}{wat} {consequence}.", "Yes, the {obj} has {w1_a}{wat} from {w1_cause}."),
+                     w1_sized_cap=_cap(self.fields["w1_sized"]), consequence=w1.consequence),
+        ]
+        return self._question("diagnosis", q, False, opts)
 
     # ------------------------------------------------------------------------------------- conclusion
 
