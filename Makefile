@@ -37,7 +37,7 @@ test: setup
 infer: setup
 	mkdir -p $(EXAMPLE_OUT)
 	$(SAGE) infer $(PAIR)/crack.jpg $(PAIR)/reference.jpg --heatmap $(EXAMPLE_OUT)/heatmap.png \
-		-q "Is there any defect on the test object?" -q "What kind of defect is it, and where is it?"
+		-q "Is there any defect on the test object?"
 
 demo: setup
 	$(SAGE) demo --out $(DEMO_OUT)
