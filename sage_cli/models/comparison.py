@@ -33,6 +33,11 @@ def gather_patches(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(v, 1, idx.unsqueeze(-1).expand(-1, -1, v.shape[-1]))
 
 
+def anomaly_peak(s: torch.Tensor) -> torch.Tensor:
+    """The anomaly map's maximum max_i (1 - s_i): [..., P] -> [...]; the training-free detector."""
+    return (1.0 - s).amax(dim=-1)
+
+
 def anomaly_map(s: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """1 - s reshaped to the patch grid: [B, P] -> [B, h, w]; higher = more anomalous."""
     h, w = grid

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sage_cli.models.comparison import gather_patches, least_similar, nearest_similarity
+from sage_cli.models.comparison import anomaly_peak, gather_patches, least_similar, nearest_similarity
 
 VALUE_MODES = ("test", "diff", "test+sim")
 
@@ -80,7 +80,7 @@ class FusionAttention(nn.Module):
             else:
                 rel = relative_dissimilarity(s, idx).to(v_t.dtype)
                 values = torch.cat([test_k, rel * test_k.norm(dim=-1, keepdim=True)], dim=-1)
-                peak = (1.0 - s).amax(dim=1).to(v_t.dtype)  # [B]
+                peak = anomaly_peak(s).to(v_t.dtype)  # [B]
                 fact_sim = peak[:, None, None].expand(-1, t_g.shape[1], 1)
         return self._attend(t_g, keys, values), Comparison(s, idx, fact_sim)
 
@@ -132,13 +132,17 @@ class FactProjector(nn.Module):
         """t_s [B, L, C], fact_sim [B, L, 1] or None -> [B, L, C]."""
         out = self.proj(self.norm(t_s))
         if self.sim is not None and fact_sim is not None:
-            out = out + self.sim((fact_sim.clamp(min=1e-6) / self.PEAK_SCALE).log().to(out.dtype))
+            out = out + self.sim(self._log_peak(fact_sim).to(out.dtype))
         return out
 
     def question_hint(self, s: torch.Tensor) -> torch.Tensor:
         """s [P] one pair's nearest-reference similarity -> [C] added to each of its question's tokens."""
-        peak = (1.0 - s.float()).amax().clamp(min=1e-6).reshape(1)  # [1]
-        return self.hint((peak / self.PEAK_SCALE).log().to(self.hint.weight.dtype))
+        peak = anomaly_peak(s.float()).reshape(1)  # [1]
+        return self.hint(self._log_peak(peak).to(self.hint.weight.dtype))
+
+    def _log_peak(self, peak: torch.Tensor) -> torch.Tensor:
+        """The one scalar feature both directions are scaled by: log(peak / PEAK_SCALE), same shape."""
+        return (peak.clamp(min=1e-6) / self.PEAK_SCALE).log()
 
 
 def pool_fact_embeddings(token_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
