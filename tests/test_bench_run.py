@@ -211,6 +211,30 @@ def test_mvtec_end_to_end_and_compare(vlm, make_tiny_mvtec, tmp_path, capsys, mo
     assert rc == 1 and "no such run folder" in err
 
 
+def test_a_fixed_detection_question_scores_every_item(vlm, make_tiny_mvtec, tmp_path, capsys):
+    root = make_tiny_mvtec()
+    runs = {}
+    for name, question in (("defect", "Is there any defect on the test object?"),
+                           ("free", "Is the test object free of defects?")):
+        out = tmp_path / name
+        rc, _, err = sage(capsys, "mvtec", "--root", root, "--backbone", vlm, "--out", out, "--no-plots",
+                          "--detect-question", question, *FAST)
+        assert rc == 0, err
+        res = json.loads((out / "results.json").read_text())
+        assert res["config"]["detect_question"] == question and res["metrics"]["auroc_groups"] == 3
+        samples = [json.loads(x) for x in lines(out / "samples.jsonl")]
+        scored = [s for s in samples if "detect_score" in s]
+        assert len(scored) == 3 and all(s["q"] == 0 and s["detect_question"] == question for s in scored)
+        assert sorted(s["detect_label"] for s in scored) == [False, True, True]  # 1 good + 2 scratched
+        assert all("map_max" in s for s in scored) and sum("map_max" in s for s in samples) == 3
+        runs[name] = {s["group_id"]: s["detect_score"] for s in scored}
+    # "free of defects?" is scored as 1 - P(yes): a score is P(defective) either way, not the same number
+    assert runs["defect"].keys() == runs["free"].keys() and runs["defect"] != runs["free"]
+    rc, _, err = sage(capsys, "mvtec", "--root", root, "--backbone", vlm, "--out", tmp_path / "defect", "--resume",
+                      *FAST)
+    assert rc == 1 and "detect_question" in err  # a resumed run keeps its detection question
+
+
 def test_mpdd_reads_manta_schema(vlm, tmp_path, capsys):
     root = make_tiny_manta(tmp_path / "mpdd", [manta_record()], domain="metal")
     rc, _, err = sage(capsys, "mpdd", "--root", root, "--backbone", vlm, "--out", tmp_path / "run", "--no-sbert",
@@ -228,6 +252,8 @@ def test_mpdd_reads_manta_schema(vlm, tmp_path, capsys):
     (["manta", "--root", "{manta}", "--categories", "wheat"], "no such category: wheat"),
     (["manta", "--root", "{manta}", "--resume", "--overwrite"], "contradict"),
     (["manta", "--root", "{manta}", "--facts", "{tmp}/nofacts.jsonl"], "facts file not found"),
+    (["manta", "--root", "{manta}", "--detect-question", "What colour is it?"], "does not ask whether"),
+    (["mmad", "--root", "{manta}", "--detect-question", "Is there a defect?"], "MMAD's questions are multiple"),
 ])
 def test_failures_are_one_line(tmp_path, capsys, args, message):
     manta = make_tiny_manta(tmp_path / "m", [manta_record()])

@@ -306,6 +306,16 @@ def test_a_group_decoded_as_one_batch_matches_one_by_one(engine):
         assert a.p_yes == pytest.approx(alone.p_yes, abs=1e-4) and a.prompt_tokens == alone.prompt_tokens
 
 
+def test_p_yes_without_decoding_is_the_first_answer_tokens_yes_odds(engine):
+    fresh = engine.encode(_img(15), _img(16), FACTS)
+    first = engine.p_yes(fresh, "Is there a defect?")  # before any question: prefills the prefix itself
+    assert first == pytest.approx(engine.answer(fresh, "Is there a defect?", max_new_tokens=1).p_yes, abs=1e-4)
+    other = engine.p_yes(fresh, "Is the test object free of defects?")  # the cached prefix is reused untouched
+    assert other == pytest.approx(engine.answer(fresh, "Is the test object free of defects?", max_new_tokens=1).p_yes,
+                                  abs=1e-4)
+    assert other != pytest.approx(first, abs=1e-6)
+
+
 def test_16_bit_images_keep_their_contrast_and_bombs_are_refused(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 

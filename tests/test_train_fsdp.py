@@ -52,6 +52,8 @@ def test_shipped_configs_are_found_by_name():
 
     assert find_accelerate_config("fsdp").name == "fsdp.yaml"
     assert find_accelerate_config("cpu-2-fsdp").name == "cpu-2-fsdp.yaml"
+    assert find_accelerate_config("zero2").name == "zero2.yaml"
+    assert find_accelerate_config("cpu-2-zero2").name == "cpu-2-zero2.yaml"
 
 
 def test_fsdp_shards_parameters_and_optimizer_states(runs):
@@ -157,7 +159,9 @@ def test_edpo_under_fsdp_matches_ddp_and_keeps_fusion_frozen(world, runs, tmp_pa
 
 
 @pytest.mark.parametrize("env, match", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO stage 3 is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, "offloading (cpu)"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "JSON config"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "set fsdp_config.fsdp_version: 2"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "offloading"),
 ])

@@ -26,6 +26,9 @@ TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel
 HELD_OUT=${HELD_OUT:-ceramic_tile washer grass}
 BENCH_PER_KIND=${BENCH_PER_KIND:-1}  # held-out bench: defect images per category and defect kind, + all normals
 TOKENS=${TOKENS:-32}
+# AUROC from one question asked of every image (the groups' own detection questions vary in wording, and
+# P(yes) shifts with the wording): the question sage-smol answers in `make infer`
+DETECT=${DETECT:-Is there any defect on the test object?}
 
 data() {
     $SAGE data normals --out "$R/normals" --categories all --count 24 --test-count 4 --image-size 224 --seed 0
@@ -107,9 +110,9 @@ bench_one() {  # run folder, model args...
     local out=$1; shift
     for shots in 1 0; do
         $SAGE bench mvtec --root "$HAZELNUT" --out "$out/hazelnut-$shots" --shots "$shots" \
-            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
+            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
         $SAGE bench mvtec --root "$R/bench-heldout" --out "$out/heldout-$shots" --shots "$shots" \
-            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --resume "$@"
+            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
     done
 }
 

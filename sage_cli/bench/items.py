@@ -17,6 +17,8 @@ Each yes/no item may have a detection question, the one AUROC is read from: its 
 question that asks whether the part is defective (or normal) in so many words
 (`verdict.detection_polarity`). Its truth is whether the part is defective (flipped for a "free of
 defects?" question), its P(yes) (or 1 - P(yes)) the score. Items without such a question add nothing.
+With `--detect-question`, every item is asked that one question instead and scored against
+``BenchItem.defective`` (the same wording for every image, so its P(yes) is comparable across images).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class BenchItem:
     questions: list[BenchQuestion]
     group: object | None = None  # the QAGroup (for the MLE judge's prompt); None for MMAD
     kind: str = "yesno"  # or "choice" (MMAD)
+    defective: bool | None = None  # None = unknown (MMAD; a MANTA record without a detection question)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -104,7 +107,7 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
         opts = PrefsOptions(src=root, out=root, seed=seed, limit=limit, categories=categories, strict=strict)
         groups, problems = make_groups(opts, "mvtec")
         found = sorted({g.category for g in groups})
-        items = [_yes_no_item(g, shots) for g in groups]
+        items = [_yes_no_item(g, shots, built=True) for g in groups]
     else:
         ds = open_dataset(root, fmt=READER[fmt], strict=strict, seed=seed)
         problems = ds.problems
@@ -141,21 +144,25 @@ def _unique_ids(items: list[BenchItem]) -> None:
             it.id = f"{it.id}#{n}"
 
 
-def _yes_no_item(g, shots: int) -> BenchItem:
+def _yes_no_item(g, shots: int, built: bool = False) -> BenchItem:
+    """`built`: the group comes from our builder, whose `defect` is None exactly for normal images."""
     from sage_cli.bench.verdict import detection_polarity
 
     questions = []
     detect_done = False
+    defective = True if g.defect is not None else (False if built else None)
     for i, q in enumerate(g.questions):
         level = g.level_of(q)
         pol = None
         if not detect_done and level == "standard":
             pol = detection_polarity(q.question)
             detect_done = pol is not None
+            if detect_done:
+                defective = bool(q.answer) if pol > 0 else not q.answer
         questions.append(BenchQuestion(i, q.question, q.question, level, bool(q.answer),
                                        q.options[0] if q.options else None, detect=pol))
     return BenchItem(g.id, g.category, Path(g.root), g.test_image, g.reference_image if shots else None,
-                     questions, group=g)
+                     questions, group=g, defective=defective)
 
 
 def mmad_prompt(question: str, options: dict[str, str]) -> str:

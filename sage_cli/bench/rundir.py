@@ -21,7 +21,8 @@ RESULTS, SAMPLES, PLOTS = "results.json", "samples.jsonl", "plots"
 RESULTS_FORMAT = "sage-bench/1"
 SAMPLE_FORMAT = "sage-bench-sample/1"
 # Settings that change the answers: a resumed run must keep them (limit and categories may change).
-ANSWER_KEYS = ("format", "root", "backbone", "checkpoint", "shots", "facts", "max_new_tokens", "seed", "judge")
+ANSWER_KEYS = ("format", "root", "backbone", "checkpoint", "shots", "facts", "max_new_tokens", "seed", "judge",
+               "detect_question")
 
 
 def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:

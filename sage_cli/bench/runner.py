@@ -8,8 +8,11 @@ samples.jsonl at the end (only for the items of this run's selection).
 A sample (samples.jsonl line)::
 
     {format, group_id, q, category, level, question, truth, answer, verdict, verdict_source, correct,
-     p_yes, best_option, sbert, new_tokens, [type, options (MMAD)], [detect_label, detect_score],
-     [mle {type, location, logic, mle} | {failed}]}
+     p_yes, best_option, sbert, new_tokens, [type, options (MMAD)], [detect_label, detect_score, map_max],
+     [detect_question], [mle {type, location, logic, mle} | {failed}]}
+
+With --detect-question, the detection fields sit on each item's first sample and come from that one
+question (asked after the item's questions, one forward, no decoding), not from the item's own wording.
 
 Verdicts: yes/no questions are read with `verdict.verdict` ("word" or "claim"); when the text gives
 no clear yes/no, P(yes) >= 0.5 decides and verdict_source is "p_yes"; with no P(yes) either the
@@ -56,6 +59,7 @@ class BenchOptions:
     resume: bool = False
     overwrite: bool = False
     strict: bool = False
+    detect_question: str | None = None  # AUROC from this one question's P(yes) on every item (items.py)
 
     def config(self, judge_name: str | None = None) -> dict:
         return {"format": self.fmt, "root": str(Path(self.root).resolve()), "backbone": self.backbone,
@@ -63,7 +67,7 @@ class BenchOptions:
                 "shots": self.shots, "facts": str(Path(self.facts).resolve()) if self.facts else None,
                 "max_new_tokens": self.max_new_tokens, "limit": self.limit, "categories": self.categories,
                 "seed": self.seed, "device": self.device, "dtype": self.dtype, "sbert": self.sbert,
-                "judge": judge_name}
+                "judge": judge_name, "detect_question": self.detect_question}
 
 
 @dataclass
@@ -208,6 +212,33 @@ def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | N
     return s
 
 
+def detect_polarity(question: str | None) -> int | None:
+    """+1 / -1 for a --detect-question (see `_sample`); SageError when it asks neither way."""
+    from sage_cli.bench.verdict import detection_polarity
+
+    if question is None:
+        return None
+    pol = detection_polarity(question)
+    if pol is None:
+        raise SageError(f"--detect-question {question!r} does not ask whether the part is defective (or free of "
+                        "defects) in so many words; e.g. 'Is there any defect on the test object?'")
+    return pol
+
+
+def _fixed_detection(recs: list[dict], item: BenchItem, question: str, polarity: int, p_yes: float | None) -> None:
+    """Move the item's detection label and scores onto its first sample, scored by the fixed question."""
+    map_max = next((r["map_max"] for r in recs if "map_max" in r), None)
+    for r in recs:
+        for k in ("detect_label", "detect_score", "map_max"):
+            r.pop(k, None)
+    if item.defective is None or p_yes is None:
+        return
+    recs[0].update(detect_question=question, detect_label=item.defective,
+                   detect_score=p_yes if polarity > 0 else 1.0 - p_yes)
+    if map_max is not None:
+        recs[0]["map_max"] = map_max
+
+
 def _sbert_scores(model, item: BenchItem, qs, answers) -> list[float | None]:
     if model is None:
         return [None] * len(qs)
@@ -239,6 +270,7 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     t_start = time.perf_counter()
     out = Path(opts.out)
     facts = Facts(opts.facts)  # read before any work: a bad facts file fails at once
+    polarity = detect_polarity(opts.detect_question)
     judge = BenchJudge(opts.judge, opts.judge_model) if opts.judge else None
     config = opts.config(judge.name if judge else None)
     rundir.prepare(out, config, opts.resume, opts.overwrite)
@@ -302,6 +334,8 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         sims = _sbert_scores(sbert_model, item, todo, answers)
         amap = eng.anomaly(prefix)
         recs = [_sample(item, bq, a, s, amap["max"] if amap else None) for bq, a, s in zip(todo, answers, sims)]
+        if polarity is not None:
+            _fixed_detection(recs, item, opts.detect_question, polarity, eng.p_yes(prefix, opts.detect_question))
         if judge is not None:
             mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
             for r in recs:

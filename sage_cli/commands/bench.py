@@ -42,10 +42,11 @@ def _bench_command(fmt: str):
         sbert: bool = typer.Option(True, "--sbert/--no-sbert", help="SBERT similarity to the best-ranked answer (all-MiniLM-L6-v2)."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots under RUN_DIR/plots (needs matplotlib)."),
         strict: bool = typer.Option(False, "--strict", help="Stop at the first data problem instead of skipping it."),
+        detect_question: Optional[str] = typer.Option(None, "--detect-question", help="Read detection AUROC from this one yes/no question's P(yes), asked of every image (e.g. 'Is there any defect on the test object?'), instead of from each group's own first detection question, whose wording varies."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
         _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json)
+             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question)
 
     bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC, "
                      f"per-category accuracy{', accuracy per question type' if fmt == 'mmad' else ''}, and MLE "
@@ -58,7 +59,7 @@ def _bench_command(fmt: str):
 
 
 def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json) -> None:
+         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question) -> None:
     import json
     import sys
 
@@ -67,13 +68,16 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
 
     from sage_cli.bench import rundir
     from sage_cli.bench.items import load_items
-    from sage_cli.bench.runner import BenchOptions, run_bench
+    from sage_cli.bench.runner import BenchOptions, detect_polarity, run_bench
     from sage_cli.errors import SageError
     from sage_cli.models.checkpoint import resolve as resolve_checkpoint
     from sage_cli.prefs.pipeline import parse_categories
 
     if shots not in (0, 1):
         raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {shots}")
+    if detect_question is not None and fmt == "mmad":
+        raise SageError("--detect-question needs yes/no data; MMAD's questions are multiple choice")
+    detect_polarity(detect_question)  # a question that asks neither way fails before any work
     checkpoint = resolve_checkpoint(checkpoint, backbone)
     if resume and overwrite:
         raise SageError("--resume and --overwrite contradict each other; give one")
@@ -85,7 +89,7 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
     opts = BenchOptions(fmt=fmt, root=root, out=out, backbone=backbone, checkpoint=str(checkpoint) if checkpoint else None,
                         shots=shots, facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=cats,
                         seed=seed, device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model,
-                        plots=plots, resume=resume, overwrite=overwrite, strict=strict)
+                        plots=plots, resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question)
     err = Console(stderr=True)
     notes: list[str] = []
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -25,7 +25,7 @@ def mle(
                               "offline:sbert (similarity to the top-ranked answer; no LLM)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible URL; overrides endpoint.base_url."),
     model: Optional[str] = typer.Option(None, "--model", help="Judge model; overrides endpoint.model."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N QA groups."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N QA groups (pairs.jsonl still holds every group scored so far in OUT)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be scored and the first judge prompt; "
                                  "send nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the options recorded as failed."),

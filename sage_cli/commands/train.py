@@ -20,7 +20,7 @@ OUT = typer.Option(None, "--out", help="Run folder (sets train.output_dir).")
 RESUME = typer.Option("no", "--resume", help="auto: continue the run in --out from its latest saved state; no: start fresh.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Start again in a run folder that holds an earlier run.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (data, trainable parameters per part, steps); train nothing.")
-ACCEL = typer.Option(None, "--accelerate-config", help="Relaunch under `accelerate launch` with this config: a shipped name (cpu-2: two CPU processes; ddp: every GPU of one machine; fsdp: every GPU, parameters and optimizer states sharded (FSDP2); cpu-2-fsdp: the same on two CPU processes) or a path.")
+ACCEL = typer.Option(None, "--accelerate-config", help="Relaunch under `accelerate launch` with this config: a shipped name (cpu-2: two CPU processes; ddp: every GPU of one machine; fsdp: every GPU, parameters and optimizer states sharded (FSDP2); cpu-2-fsdp: the same on two CPU processes; zero2: every GPU, optimizer states and gradients partitioned (DeepSpeed ZeRO-2, needs deepspeed); cpu-2-zero2: the same on two CPU processes) or a path.")
 
 
 def sfe(overrides: Optional[list[str]] = OVERRIDES, recipe: str = recipe_option("sage-smol"),

@@ -164,12 +164,10 @@ class Engine:
         """Answer one question on an encoded pair; `on_text(str)` receives the text as it is decoded."""
         if not question.strip():
             raise SageError("the question is empty")
-        pieces = list(prefix.pieces)
-        pieces[prefix.at] = self.model.question_piece(prefix.encoding, 0, question).to(pieces[0].dtype)
-        rest = torch.cat(pieces[prefix.at:])[None]  # [1, T_rest, C]
+        rest = self._question_rest(prefix, question)[None]  # [1, T_rest, C]
         if prefix.cache is None:  # first question: prefix + question in one forward
             cache = _new_cache(self.model.backbone.language_model)
-            out = self._decode(torch.cat([torch.cat(pieces[: prefix.at])[None], rest], dim=1), cache, max_new_tokens,
+            out = self._decode(torch.cat([torch.cat(prefix.pieces[: prefix.at])[None], rest], dim=1), cache, max_new_tokens,
                                on_text, temperature, top_p, generator)
             cache.crop(-(cache.get_seq_length() - prefix.prefix_tokens))  # keep the prefix for the next questions
             prefix.cache = cache
@@ -178,6 +176,19 @@ class Engine:
             out = self._decode(rest, cache, max_new_tokens, on_text, temperature, top_p, generator)
         return Answer(question, out["text"], out["p_yes"], out["new_tokens"], prefix.prefix_tokens + rest.shape[1],
                       out["ttft_s"], out["decode_s"])
+
+    def _question_rest(self, prefix: Prefix, question: str) -> torch.Tensor:
+        """The tokens after the prefix for one question (question + assistant header) [T_rest, C]."""
+        pieces = list(prefix.pieces)
+        pieces[prefix.at] = self.model.question_piece(prefix.encoding, 0, question).to(pieces[0].dtype)
+        return torch.cat(pieces[prefix.at:])
+
+    @torch.no_grad()
+    def p_yes(self, prefix: Prefix, question: str) -> float | None:
+        """P(yes) of the first answer token to `question`, without decoding: one forward after the prefix."""
+        self._prefill(prefix)
+        cache = copy.deepcopy(prefix.cache)  # the prefix stays untouched for the next question
+        return self._p_yes(self._lm(cache, inputs_embeds=self._question_rest(prefix, question)[None]))
 
     @torch.no_grad()
     def answer_group(self, prefix: Prefix, questions: list[str], max_new_tokens: int = 128) -> list[Answer]:
@@ -192,11 +203,7 @@ class Engine:
             raise SageError("a question is empty")
         self._prefill(prefix)
         n, dtype, dev = len(questions), prefix.pieces[0].dtype, self.model.device
-        rests = []
-        for q in questions:
-            pieces = list(prefix.pieces)
-            pieces[prefix.at] = self.model.question_piece(prefix.encoding, 0, q).to(dtype)
-            rests.append(torch.cat(pieces[prefix.at:]))  # [T_i, C]
+        rests = [self._question_rest(prefix, q) for q in questions]  # [T_i, C] each
         width = max(r.shape[0] for r in rests)
         c = rests[0].shape[1]
         embeds = torch.zeros(n, width, c, dtype=dtype, device=dev)  # [n, W, C]

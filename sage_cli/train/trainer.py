@@ -1,5 +1,6 @@
-"""Both training stages on `accelerate`: one CPU process, one GPU, data-parallel processes (DDP), or
-sharded data-parallel processes (FSDP2: an accelerate config with `distributed_type: FSDP`).
+"""Both training stages on `accelerate`: one CPU process, one GPU, data-parallel processes (DDP),
+sharded data-parallel processes (FSDP2: an accelerate config with `distributed_type: FSDP`), or
+DeepSpeed ZeRO-1/2 (`distributed_type: DEEPSPEED`).
 
 A run directory holds everything of one run:
 
@@ -15,12 +16,15 @@ Data order is a seeded permutation per epoch, split into global batches; process
 slice of each, so ranks see different examples and a resumed run replays the same order.
 
 Under FSDP each process holds a slice of every parameter and optimizer state; checkpoints and resumable
-states are still written whole (gathered), in the same format as without sharding.
+states are still written whole (gathered), in the same format as without sharding. Under DeepSpeed
+ZeRO-1/2 each process holds whole parameters and a slice of the optimizer states (and, with stage 2, of
+the gradients); the state folder then keeps one optimizer file per process (`optimizer-rankN.pt`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -177,6 +181,55 @@ def take_fsdp_request() -> FSDPSettings | None:
     return FSDPSettings(reshard_after_forward=reshard)
 
 
+def take_deepspeed_request() -> int | None:
+    """The ZeRO stage (1 or 2) when `accelerate launch` runs a config with `distributed_type: DEEPSPEED`.
+
+    ZeRO-1 partitions the AdamW states over the processes, ZeRO-2 the gradients too; parameters stay
+    whole on every process, so checkpoints are the same files as under DDP. Sharding the parameters
+    (ZeRO-3) is what FSDP2 does in sage; offloading to CPU or NVMe is not supported.
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() not in ("", "none"):
+        raise SageError("a DeepSpeed JSON config (deepspeed_config_file) is not supported: set zero_stage in the "
+                        "accelerate config's deepspeed_config, as recipes/accelerate/zero2.yaml does")
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    if stage not in ("1", "2"):
+        raise SageError(f"DeepSpeed ZeRO stage {stage} is not supported: use stage 1 or 2 (optimizer states and "
+                        "gradients partitioned), or FSDP2 (--accelerate-config fsdp) to shard the parameters too")
+    for what in ("optimizer", "param"):
+        device = os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{what.upper()}_DEVICE", "none").lower()
+        if device not in ("", "none"):
+            raise SageError(f"DeepSpeed {what} offloading ({device}) is not supported: set "
+                            f"offload_{what}_device: none (LoRA and gradient checkpointing save memory instead)")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise SageError("the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed "
+                        "(or use --accelerate-config ddp or fsdp)")
+    return int(stage)
+
+
+def _fix_cpu_deepspeed_state(acc) -> None:
+    """accelerate (1.x) leaves num_processes 1 and process_index 0 on every process when DeepSpeed runs
+    without a GPU; set them from torch.distributed, which DeepSpeed has initialised (gloo)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    dist = torch.distributed
+    if acc.device.type != "cpu" or not dist.is_initialized() or acc.num_processes == dist.get_world_size():
+        return
+    fixed = {"num_processes": dist.get_world_size(), "process_index": dist.get_rank(),
+             "local_process_index": int(os.environ.get("LOCAL_RANK", dist.get_rank()))}
+    PartialState._shared_state.update(fixed)
+    AcceleratorState._shared_state.update(fixed)
+
+
+def _configure_deepspeed(acc, recipe, plan: Plan) -> None:
+    """The batch, accumulation and clipping of the recipe in DeepSpeed's config (there is no dataloader for
+    accelerate to read them from); precision comes from the Accelerator's mixed_precision."""
+    cfg = acc.state.deepspeed_plugin.deepspeed_config
+    cfg.update(train_micro_batch_size_per_gpu=plan.batch_size, gradient_accumulation_steps=plan.grad_accum,
+               train_batch_size=plan.global_batch, gradient_clipping=float(recipe.optim.grad_clip or 0.0))
+
+
 def shard(objective, model, device, world: int, settings: FSDPSettings) -> int:
     """Shard `objective` (and the SageModel in it) in place with FSDP2; returns the number of layer units.
 
@@ -288,10 +341,14 @@ def save_state(accelerator, run_dir: Path, model, optimizer, scheduler, progress
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     trained = whole(trained_state(model), keep=main)
-    optim = _whole_optimizer_state(optimizer, keep=main)
+    zero = _is_zero(optimizer)
+    if zero:  # each process's slice of the optimizer states, as DeepSpeed keeps them
+        torch.save(optimizer.optimizer.state_dict(), tmp / f"optimizer-rank{accelerator.process_index}.pt")
+    optim = {} if zero else _whole_optimizer_state(optimizer, keep=main)
     if main:
         save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
-        torch.save(optim, tmp / "optimizer.pt")
+        if not zero:
+            torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -317,7 +374,10 @@ def load_state(accelerator, state_dir: Path, model, optimizer, scheduler) -> dic
     with torch.no_grad():
         for key, tensor in trained.items():
             own[names[key]].copy_(_like(tensor, own[names[key]]))
-    _load_optimizer_state(optimizer, torch.load(state_dir / "optimizer.pt", weights_only=True))
+    if _is_zero(optimizer):
+        _load_zero_state(accelerator, state_dir, optimizer)
+    else:
+        _load_optimizer_state(optimizer, torch.load(state_dir / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
     rng = state_dir / f"rng-{accelerator.process_index}.pt"
     if rng.is_file():
@@ -340,6 +400,23 @@ def _load_optimizer_state(optimizer, sd: dict) -> None:
     optimizer.load_state_dict(sd)
 
 
+def _is_zero(optimizer) -> bool:
+    """Whether `optimizer` is accelerate's wrapper of a DeepSpeed ZeRO optimizer."""
+    return type(getattr(optimizer, "optimizer", None)).__name__ == "DeepSpeedZeroOptimizer"
+
+
+def _load_zero_state(accelerator, state_dir: Path, optimizer) -> None:
+    """Every process reads all slices (DeepSpeed picks its own) and its fp32 master weights come from them."""
+    files = sorted(state_dir.glob("optimizer-rank*.pt"), key=lambda f: int(f.stem.removeprefix("optimizer-rank")))
+    if len(files) != accelerator.num_processes:
+        raise SageError(f"{state_dir} was saved by {len(files) or 'no'} DeepSpeed process(es), not "
+                        f"{accelerator.num_processes}: resume with the accelerate config it was trained with")
+    # weights_only=False: DeepSpeed's state holds its own small objects (loss-scaler settings); the files
+    # are the run's own, written by save_state
+    slices = [torch.load(f, weights_only=False) for f in files]
+    optimizer.optimizer.load_state_dict(slices, load_optimizer_states=True, load_from_fp32_weights=True)
+
+
 def _trained_names(model) -> dict[str, str]:
     """checkpoint.trained_state key -> the parameter's name in `model`."""
     prefixes = {"adapter.": "backbone.adapter.", "fusion.": "fusion.", "projector.": "projector.",
@@ -358,14 +435,19 @@ def _trained_names(model) -> dict[str, str]:
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def _accelerator(recipe):
+def _accelerator(recipe, zero_stage: int | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # find_unused_parameters: a batch whose images have no facts leaves the fusion layer unused
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    # cpu=True without a GPU: under torchrun, accelerate then sets up gloo instead of one process per rank
-    return Accelerator(mixed_precision=PRECISION[recipe.train.precision], kwargs_handlers=[ddp],
-                       cpu=not torch.cuda.is_available())
+    # cpu=True without a GPU: under torchrun, accelerate then sets up gloo instead of one process per rank;
+    # with it accelerate would also drop DeepSpeed, which runs on CPU (gloo) by itself
+    acc = Accelerator(mixed_precision=PRECISION[recipe.train.precision], kwargs_handlers=[ddp],
+                      cpu=not torch.cuda.is_available() and zero_stage is None,
+                      gradient_accumulation_steps=recipe.train.grad_accum if zero_stage else 1)
+    if zero_stage:
+        _fix_cpu_deepspeed_state(acc)
+    return acc
 
 
 def _dtype(recipe, device) -> torch.dtype:
@@ -408,15 +490,12 @@ class Run:
         self.train_set, self.val_set = load_examples(stage, recipe)
         if limit:
             self.train_set = self.train_set[:limit]  # benchmarks time a slice of the data
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            # checked before the Accelerator: on CPU accelerate would silently fall back to DDP
-            raise SageError("DeepSpeed is not supported: use FSDP (--accelerate-config fsdp) to shard large "
-                            "backbones, or DDP (--accelerate-config ddp) with LoRA and gradient checkpointing")
+        self.zero = take_deepspeed_request()  # checked before the Accelerator, which would set DeepSpeed up
         self.fsdp = take_fsdp_request()
         if self.fsdp and recipe.train.precision == "fp16":
             raise SageError("FSDP trains in bf16 or fp32, not fp16 (its loss scaling does not cover shards): "
                             "set train.precision=bf16")
-        self.accelerator = _accelerator(recipe)
+        self.accelerator = _accelerator(recipe, self.zero)
         acc = self.accelerator
         if self.fsdp and not torch.distributed.is_initialized():
             raise SageError("FSDP needs processes started by `accelerate launch` (--accelerate-config fsdp)")
@@ -565,12 +644,22 @@ class Run:
                             for k, v in stats.items():
                                 logs[k] = logs.get(k, 0.0) + v / plan.grad_accum
                     logs["loss"] = logs.get("loss", 0.0) + loss.item() / plan.grad_accum
-                    with self._sync(wrapped, micro == plan.grad_accum - 1):
-                        acc.backward(loss / plan.grad_accum)
-                grad_norm = acc.clip_grad_norm_(params, rc.optim.grad_clip) if rc.optim.grad_clip else None
-                optimizer.step()
+                    if self.zero:
+                        # DeepSpeed divides by its accumulation steps, and at the last micro-batch its step
+                        # reduces the gradient slices, clips, updates and zeroes
+                        wrapped.set_gradient_accumulation_boundary(micro == plan.grad_accum - 1)
+                        wrapped.backward(loss)
+                        wrapped.step()
+                    else:
+                        with self._sync(wrapped, micro == plan.grad_accum - 1):
+                            acc.backward(loss / plan.grad_accum)
+                if self.zero:
+                    grad_norm = wrapped.get_global_grad_norm() if rc.optim.grad_clip else None
+                else:
+                    grad_norm = acc.clip_grad_norm_(params, rc.optim.grad_clip) if rc.optim.grad_clip else None
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 b += plan.grad_accum
                 step += 1
                 samples += plan.global_batch
@@ -624,7 +713,13 @@ class Run:
                                                     plan.total_steps)
         if self.fsdp:
             return objective, optimizer, scheduler, params
+        if self.zero:
+            # the scheduler stays ours, on AdamW's param groups (which ZeRO keeps): it steps once per step
+            _configure_deepspeed(acc, rc, plan)
         wrapped, optimizer = acc.prepare(objective, optimizer)
+        if self.zero and log and acc.is_main_process:
+            log(f"DeepSpeed ZeRO-{self.zero}: optimizer states{' and gradients' if self.zero == 2 else ''} "
+                f"partitioned over {acc.num_processes} process(es); parameters whole on each")
         return wrapped, optimizer, scheduler, params
 
     @contextlib.contextmanager
@@ -659,6 +754,10 @@ class Run:
             rec.update(shard_sha256=h.hexdigest(), fsdp=sharding_record(self.model, optimizer))
         else:
             rec["weights_sha256"] = h.hexdigest()
+        if self.zero:  # this process's slice of the fp32 master weights (AdamW's states are the same size)
+            slices = optimizer.optimizer.single_partition_of_fp32_groups
+            rec["zero"] = {"stage": self.zero, "partition_numel": sum(t.numel() for t in slices),
+                           "trainable_numel": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
         write_text(self.run_dir / "ranks" / f"rank-{self.accelerator.process_index}.json", json.dumps(rec, indent=1))
 
     @torch.no_grad()

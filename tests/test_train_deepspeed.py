@@ -1,0 +1,93 @@
+"""`sage train` under DeepSpeed ZeRO-2 on two CPU processes (gloo), against DDP on the same data.
+
+DeepSpeed runs on the CPU by itself when it finds no GPU; every run is the real command in
+subprocesses (`--accelerate-config cpu-2-zero2`). Skipped where deepspeed is not installed
+(`make test` installs it; see the Makefile).
+"""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
+
+from test_train import _metrics, _sage, _sfe_args, world  # noqa: E402, F401  (world: the tiny VLM + data)
+from test_train_fsdp import _kill_tree, _launch, _ranks, _weights  # noqa: E402
+
+STEPS = ["train.max_steps=6", "train.save_every=3"]
+
+
+@pytest.fixture(scope="module")
+def runs(world):  # noqa: F811
+    """The same SFE run, 2 micro-batches per step, under DDP and under ZeRO-2 (two processes each)."""
+    out = {}
+    for name, config in (("ddp", "cpu-2"), ("zero", "cpu-2-zero2")):
+        out[name] = world["root"] / f"sfe-acc-{name}"
+        out[f"{name}_err"] = _launch(_sfe_args(world, out[name], *STEPS, "train.grad_accum=2"), config)
+    return out
+
+
+def test_zero2_partitions_the_optimizer_states_and_ranks_agree(runs):
+    assert "DeepSpeed ZeRO-2" in runs["zero_err"] and "2 process(es)" in runs["zero_err"]
+    r0, r1 = _ranks(runs["zero"])
+    z0, z1 = r0["zero"], r1["zero"]
+    # each rank's fp32 master slice (and AdamW's states, the same size) is half of the trained weights,
+    # up to DeepSpeed's alignment padding
+    assert z0["partition_numel"] == z1["partition_numel"] < z0["trainable_numel"]
+    assert z0["trainable_numel"] <= z0["partition_numel"] + z1["partition_numel"] < z0["trainable_numel"] + 64
+    assert r0["weights_sha256"] == r1["weights_sha256"]  # parameters stay whole and in step on every rank
+    assert r0["examples_seen"] == r1["examples_seen"] == 24  # 6 steps x 2 micro-batches x batch 2
+    assert not set(r0["first_examples"][:4]) & set(r1["first_examples"][:4])
+    assert [r["first_examples"] for r in (r0, r1)] == [r["first_examples"] for r in _ranks(runs["ddp"])]
+
+
+def test_zero2_losses_and_checkpoint_match_ddp(runs):
+    a, b = _metrics(runs["ddp"]), _metrics(runs["zero"])
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), f"step {s}"
+        assert b[s]["grad_norm"] == pytest.approx(a[s]["grad_norm"], rel=1e-4), f"step {s}"
+        assert b[s]["lr"] == pytest.approx(a[s]["lr"]), f"step {s}"
+    wa, wb = _weights(runs["ddp"] / "checkpoint"), _weights(runs["zero"] / "checkpoint")
+    assert sorted(wa) == sorted(wb) and any("lora_" in k for k in wb)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    state = runs["zero"] / "state" / "step-0000003"
+    assert sorted(f.name for f in state.glob("optimizer*")) == ["optimizer-rank0.pt", "optimizer-rank1.pt"]
+
+
+def test_killed_zero2_run_resumes_with_the_losses_of_an_uninterrupted_one(world, runs, tmp_path):  # noqa: F811
+    import time
+
+    cut = tmp_path / "cut"
+    args = _sfe_args(world, cut, *STEPS, "train.grad_accum=2")
+    proc = _sage(*args, "--accelerate-config", "cpu-2-zero2")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (cut / "state" / "step-0000003").is_dir() and proc.poll() is None:
+        time.sleep(0.02)
+    _kill_tree(proc)
+    assert not (cut / "checkpoint").exists(), "the run ended before it could be killed"
+    err = _launch([*args, "--resume", "auto"], "cpu-2-zero2")
+    assert "resumed from" in err
+    a, b = _metrics(runs["zero"]), _metrics(cut)
+    assert sorted(b) == list(range(1, 7))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-6, abs=1e-7), f"step {s}"
+    wa, wb = _weights(runs["zero"] / "checkpoint"), _weights(cut / "checkpoint")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_state_saved_by_another_number_of_processes_is_refused(world, runs, tmp_path):  # noqa: F811
+    import shutil
+
+    run_dir = tmp_path / "moved"
+    shutil.copytree(runs["zero"], run_dir)
+    shutil.rmtree(run_dir / "checkpoint")
+    (run_dir / "state" / "step-0000003" / "optimizer-rank1.pt").unlink()
+    for later in (run_dir / "state").glob("step-*"):
+        if later.name != "step-0000003":
+            shutil.rmtree(later)
+    proc = _sage(*_sfe_args(world, run_dir, *STEPS, "train.grad_accum=2"), "--resume", "auto",
+                 "--accelerate-config", "cpu-2-zero2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "saved by 1 DeepSpeed process(es), not 2" in err
