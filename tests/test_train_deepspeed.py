@@ -5,15 +5,13 @@ subprocesses (`--accelerate-config cpu-2-zero2`). Skipped where deepspeed is not
 (`make test` installs it; see the Makefile).
 """
 
-import json
-
 import pytest
 import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
 
 from test_train import _metrics, _sage, _sfe_args, world  # noqa: E402, F401  (world: the tiny VLM + data)
-from test_train_fsdp import _kill_tree, _launch, _ranks, _weights  # noqa: E402
+from test_train_fsdp import _launch, _ranks, _weights, kill_then_resume  # noqa: E402
 
 STEPS = ["train.max_steps=6", "train.save_every=3"]
 
@@ -57,18 +55,8 @@ def test_zero2_losses_and_checkpoint_match_ddp(runs):
 
 
 def test_killed_zero2_run_resumes_with_the_losses_of_an_uninterrupted_one(world, runs, tmp_path):  # noqa: F811
-    import time
-
     cut = tmp_path / "cut"
-    args = _sfe_args(world, cut, *STEPS, "train.grad_accum=2")
-    proc = _sage(*args, "--accelerate-config", "cpu-2-zero2")
-    deadline = time.time() + 240
-    while time.time() < deadline and not (cut / "state" / "step-0000003").is_dir() and proc.poll() is None:
-        time.sleep(0.02)
-    _kill_tree(proc)
-    assert not (cut / "checkpoint").exists(), "the run ended before it could be killed"
-    err = _launch([*args, "--resume", "auto"], "cpu-2-zero2")
-    assert "resumed from" in err
+    kill_then_resume(_sfe_args(world, cut, *STEPS, "train.grad_accum=2"), "cpu-2-zero2", cut)
     a, b = _metrics(runs["zero"]), _metrics(cut)
     assert sorted(b) == list(range(1, 7))
     for s in a:

@@ -120,17 +120,20 @@ def _kill_tree(proc) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def test_killed_fsdp_run_resumes_with_the_losses_of_an_uninterrupted_one(world, runs, tmp_path):  # noqa: F811
-    cut = tmp_path / "cut"
-    args = _sfe_args(world, cut, *STEPS)
-    proc = _sage(*args, "--accelerate-config", "cpu-2-fsdp")
-    deadline = time.time() + 180
-    while time.time() < deadline and not (cut / "state" / "step-0000003").is_dir() and proc.poll() is None:
+def kill_then_resume(args, config, run_dir, state="step-0000003") -> None:
+    """Start the launched run, SIGKILL it once `state` is written, then finish it with --resume auto."""
+    proc = _sage(*args, "--accelerate-config", config)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "state" / state).is_dir() and proc.poll() is None:
         time.sleep(0.02)
     _kill_tree(proc)
-    assert not (cut / "checkpoint").exists(), "the run ended before it could be killed"
-    err = _launch([*args, "--resume", "auto"], "cpu-2-fsdp")
-    assert "resumed from" in err
+    assert not (run_dir / "checkpoint").exists(), "the run ended before it could be killed"
+    assert "resumed from" in _launch([*args, "--resume", "auto"], config)
+
+
+def test_killed_fsdp_run_resumes_with_the_losses_of_an_uninterrupted_one(world, runs, tmp_path):  # noqa: F811
+    cut = tmp_path / "cut"
+    kill_then_resume(_sfe_args(world, cut, *STEPS), "cpu-2-fsdp", cut)
     a, b = _metrics(runs["fsdp"]), _metrics(cut)
     assert sorted(b) == list(range(1, 13))
     for s in a:

@@ -5,6 +5,8 @@
 Reads BENCH/seed-N/ROW/SET-SHOTS/results.json (and BENCH/untrained/SET-SHOTS) and prints one Markdown
 table per evaluation set and setting: each row's metrics as mean ± standard deviation over the seeds
 that have it, with the number of seeds. Nothing is dropped: a row with fewer seeds says so.
+AUROC is the P(yes) of the script's fixed detection question (`--detect-question "$DETECT"`); Map AUROC
+is the anomaly map's peak (the training-free baseline, one-shot only).
 """
 
 from __future__ import annotations
