@@ -70,19 +70,23 @@ def test_fsdp_shards_parameters_and_optimizer_states(runs):
     assert "weights_sha256" in _ranks(runs["ddp"])[0]
 
 
-def test_fsdp_ranks_see_different_data(runs):
-    r0, r1 = _ranks(runs["fsdp"])
-    assert r0["examples_seen"] == r1["examples_seen"] == 24
+def same_data_and_losses_as_ddp(ddp_dir, other_dir, examples: int, steps: int) -> None:
+    """Both ranks of `other_dir` saw `examples` examples each, different ones, in DDP's order, and every
+    step's loss and gradient norm equal DDP's."""
+    r0, r1 = _ranks(other_dir)
+    assert r0["examples_seen"] == r1["examples_seen"] == examples
     assert not set(r0["first_examples"][:4]) & set(r1["first_examples"][:4])
-    assert [r["first_examples"] for r in (r0, r1)] == [r["first_examples"] for r in _ranks(runs["ddp"])]
-
-
-def test_fsdp_losses_checkpoint_and_state_match_ddp(runs):
-    a, b = _metrics(runs["ddp"]), _metrics(runs["fsdp"])
-    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [r["first_examples"] for r in (r0, r1)] == [r["first_examples"] for r in _ranks(ddp_dir)]
+    a, b = _metrics(ddp_dir), _metrics(other_dir)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     for s in a:
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), f"step {s}"
         assert b[s]["grad_norm"] == pytest.approx(a[s]["grad_norm"], rel=1e-4), f"step {s}"
+        assert b[s]["lr"] == pytest.approx(a[s]["lr"]), f"step {s}"
+
+
+def test_fsdp_sees_the_data_and_losses_of_ddp_and_writes_the_same_checkpoint_and_state(runs):
+    same_data_and_losses_as_ddp(runs["ddp"], runs["fsdp"], examples=24, steps=12)
     # the checkpoint and the resumable state are whole tensors, as under DDP
     da, db = (runs[k] / "checkpoint" for k in ("ddp", "fsdp"))
     assert json.loads((da / "config.json").read_text()) == json.loads((db / "config.json").read_text())
@@ -120,8 +124,9 @@ def _kill_tree(proc) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def kill_then_resume(args, config, run_dir, state="step-0000003") -> None:
-    """Start the launched run, SIGKILL it once `state` is written, then finish it with --resume auto."""
+def kill_then_resume(args, config, run_dir, uninterrupted, steps: int, state="step-0000003") -> None:
+    """Start the launched run, SIGKILL it once `state` is written, finish it with --resume auto, and
+    check it ends with the losses and weights of the `uninterrupted` run."""
     proc = _sage(*args, "--accelerate-config", config)
     deadline = time.time() + 240
     while time.time() < deadline and not (run_dir / "state" / state).is_dir() and proc.poll() is None:
@@ -129,17 +134,17 @@ def kill_then_resume(args, config, run_dir, state="step-0000003") -> None:
     _kill_tree(proc)
     assert not (run_dir / "checkpoint").exists(), "the run ended before it could be killed"
     assert "resumed from" in _launch([*args, "--resume", "auto"], config)
+    a, b = _metrics(uninterrupted), _metrics(run_dir)
+    assert sorted(b) == list(range(1, steps + 1))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-6, abs=1e-7), f"step {s}"
+    wa, wb = _weights(uninterrupted / "checkpoint"), _weights(run_dir / "checkpoint")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_killed_fsdp_run_resumes_with_the_losses_of_an_uninterrupted_one(world, runs, tmp_path):  # noqa: F811
     cut = tmp_path / "cut"
-    kill_then_resume(_sfe_args(world, cut, *STEPS), "cpu-2-fsdp", cut)
-    a, b = _metrics(runs["fsdp"]), _metrics(cut)
-    assert sorted(b) == list(range(1, 13))
-    for s in a:
-        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-6, abs=1e-7), f"step {s}"
-    wa, wb = _weights(runs["fsdp"] / "checkpoint"), _weights(cut / "checkpoint")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    kill_then_resume(_sfe_args(world, cut, *STEPS), "cpu-2-fsdp", cut, runs["fsdp"], steps=12)
 
 
 def test_edpo_under_fsdp_matches_ddp_and_keeps_fusion_frozen(world, runs, tmp_path):  # noqa: F811
