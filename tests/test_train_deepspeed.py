@@ -66,3 +66,5 @@ def test_a_state_saved_by_another_number_of_processes_is_refused(world, runs, tm
                  "--accelerate-config", "cpu-2-zero2")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "saved by 1 DeepSpeed process(es), not 2" in err
+    # one error line (both processes print it), without the launcher's traceback
+    assert err.count("error: ") == 1 and "Traceback" not in err and "ChildFailedError" not in err

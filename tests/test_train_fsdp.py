@@ -47,6 +47,22 @@ def runs(world):  # noqa: F811
     return out
 
 
+def test_the_relay_keeps_progress_and_one_error_line_and_drops_the_launchers_report():
+    import io
+
+    from sage_cli.commands.train import relay_stderr
+
+    r, w = os.pipe()
+    os.write(w, b"sfe 1/4\rsfe 2/4\rsfe 4/4\nerror: bad input\nTraceback (most recent call last):\n"
+                b"torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\nerror: bad input\n"
+                b"error: another line\n")
+    os.close(w)
+    out = io.BytesIO()
+    relay_stderr(r, out)
+    os.close(r)
+    assert out.getvalue() == b"sfe 1/4\rsfe 2/4\rsfe 4/4\nerror: bad input\nerror: another line\n"
+
+
 def test_shipped_configs_are_found_by_name():
     from sage_cli.config import find_accelerate_config
 
