@@ -10,7 +10,8 @@ import torch
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
 
-from test_train import _sage, _sfe_args, world  # noqa: E402, F401  (world: the tiny VLM + data)
+from sage_cli.config import find_accelerate_config  # noqa: E402
+from test_train import _metrics, _sage, _sfe_args, world  # noqa: E402, F401  (world: the tiny VLM + data)
 from test_train_fsdp import _launch, _ranks, _weights, kill_then_resume, same_data_and_losses_as_ddp  # noqa: E402
 
 STEPS = ["train.max_steps=6", "train.save_every=3"]
@@ -68,3 +69,24 @@ def test_a_state_saved_by_another_number_of_processes_is_refused(world, runs, tm
     assert proc.returncode != 0 and "saved by 1 DeepSpeed process(es), not 2" in err
     # one error line (both processes print it), without the launcher's traceback
     assert err.count("error: ") == 1 and "Traceback" not in err and "ChildFailedError" not in err
+
+
+def test_edpo_under_zero1_matches_ddp_and_keeps_fusion_frozen(world, runs, tmp_path):  # noqa: F811
+    config = tmp_path / "cpu-2-zero1.yaml"  # a config given by path, as a user would write one
+    config.write_text((find_accelerate_config("cpu-2-zero2").read_text()).replace("zero_stage: 2", "zero_stage: 1"))
+    start = runs["ddp"] / "checkpoint"
+    out = {}
+    for name, cfg in (("ddp", "cpu-2"), ("zero1", str(config))):
+        out[name] = tmp_path / name
+        err = _launch(["train", "edpo", f"model.backbone={world['vlm']}", "--checkpoint", str(start), "--train",
+                       str(world["pairs"]), "--out", str(out[name]), "train.batch_size=2", "train.log_every=1",
+                       "train.max_steps=4"], cfg)
+    assert "DeepSpeed ZeRO-1: optimizer states partitioned" in err
+    a, b = _metrics(out["ddp"]), _metrics(out["zero1"])
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        for key in ("loss", "rewards/margins", "rewards/accuracy"):
+            assert b[s][key] == pytest.approx(a[s][key], abs=1e-5), f"step {s} {key}"
+    before, after = _weights(start), _weights(out["zero1"] / "checkpoint")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("fusion.", "projector.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_" in k)
