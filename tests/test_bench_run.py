@@ -68,6 +68,8 @@ def test_sample_verdicts_fall_back_to_p_yes_and_empty_answers_are_wrong_without_
     s = runner._sample(_item(), q, _ans("", 0.7), 0.0)
     assert (s["verdict"], s["verdict_source"], s["correct"]) == (True, "p_yes", True)
     assert (s["detect_label"], s["detect_score"]) == (True, 0.7)
+    s = runner._sample(_item(), q, _ans("", 0.7), 0.0, map_max=0.3, auto_detect=False)  # --detect-question
+    assert not {"detect_label", "detect_score", "map_max"} & set(s)
     s = runner._sample(_item(), q, _ans("", None), None)
     assert (s["verdict"], s["verdict_source"], s["correct"]) == (None, "none", False) and "detect_label" not in s
     s = runner._sample(_item(), q, _ans("No, it looks normal.", 0.9), None)

@@ -182,7 +182,22 @@ class BenchJudge:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | None = None) -> dict:
+def _detection(defective: bool, polarity: int, p_yes: float | None, map_max: float | None) -> dict:
+    """A sample's detection fields: the label, P(defective) from the question's P(yes) (+1: "is there a
+    defect?", yes = defective; -1: "is it free of defects?", yes = normal), and the training-free
+    detector, the Eq. 1 map's peak (one-shot only)."""
+    out = {"detect_label": defective}
+    if p_yes is not None:
+        out["detect_score"] = p_yes if polarity > 0 else 1.0 - p_yes
+    if map_max is not None:
+        out["map_max"] = map_max
+    return out
+
+
+def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | None = None,
+            auto_detect: bool = True) -> dict:
+    """One answered question; `auto_detect`: give the item's own detection question its detection fields
+    (off under --detect-question, whose fields `run_bench` puts on the item's first sample)."""
     from sage_cli.bench.verdict import parse_choice, verdict
 
     text = answer.text
@@ -202,13 +217,8 @@ def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | N
              best_option=bq.best_option, sbert=sbert, new_tokens=answer.new_tokens)
     if item.kind == "choice":
         s.update(type=bq.type, options=bq.options)
-    if bq.detect is not None and (p_yes is not None or map_max is not None):
-        # +1: "is there a defect?" (yes = defective); -1: "is it free of defects?" (yes = normal)
-        s["detect_label"] = bq.truth if bq.detect > 0 else not bq.truth
-        if p_yes is not None:
-            s["detect_score"] = p_yes if bq.detect > 0 else 1.0 - p_yes
-        if map_max is not None:  # the training-free detector: the Eq. 1 map's peak (one-shot only)
-            s["map_max"] = map_max
+    if auto_detect and bq.detect is not None and (p_yes is not None or map_max is not None):
+        s.update(_detection(bq.truth if bq.detect > 0 else not bq.truth, bq.detect, p_yes, map_max))
     return s
 
 
@@ -223,20 +233,6 @@ def detect_polarity(question: str | None) -> int | None:
         raise SageError(f"--detect-question {question!r} does not ask whether the part is defective (or free of "
                         "defects) in so many words; e.g. 'Is there any defect on the test object?'")
     return pol
-
-
-def _fixed_detection(recs: list[dict], item: BenchItem, question: str, polarity: int, p_yes: float | None) -> None:
-    """Move the item's detection label and scores onto its first sample, scored by the fixed question."""
-    map_max = next((r["map_max"] for r in recs if "map_max" in r), None)
-    for r in recs:
-        for k in ("detect_label", "detect_score", "map_max"):
-            r.pop(k, None)
-    if item.defective is None or p_yes is None:
-        return
-    recs[0].update(detect_question=question, detect_label=item.defective,
-                   detect_score=p_yes if polarity > 0 else 1.0 - p_yes)
-    if map_max is not None:
-        recs[0]["map_max"] = map_max
 
 
 def _sbert_scores(model, item: BenchItem, qs, answers) -> list[float | None]:
@@ -333,9 +329,12 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         timing.new_tokens += sum(a.new_tokens for a in answers)
         sims = _sbert_scores(sbert_model, item, todo, answers)
         amap = eng.anomaly(prefix)
-        recs = [_sample(item, bq, a, s, amap["max"] if amap else None) for bq, a, s in zip(todo, answers, sims)]
-        if polarity is not None:
-            _fixed_detection(recs, item, opts.detect_question, polarity, eng.p_yes(prefix, opts.detect_question))
+        peak = amap["max"] if amap else None
+        recs = [_sample(item, bq, a, s, peak, auto_detect=polarity is None) for bq, a, s in zip(todo, answers, sims)]
+        if polarity is not None and item.defective is not None:  # --detect-question: on the first sample
+            p = eng.p_yes(prefix, opts.detect_question)
+            if p is not None or peak is not None:
+                recs[0].update(detect_question=opts.detect_question, **_detection(item.defective, polarity, p, peak))
         if judge is not None:
             mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
             for r in recs:
