@@ -111,3 +111,21 @@ def test_models_pack_command_and_its_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_settings_round_trip_through_config_json(tmp_path):
+    """Every SAGE setting a recipe's `model:` section sets is stored in config.json and rebuilds the same
+    model: a setting added to SageModel but not to SETTINGS/settings() would fail here."""
+    import dataclasses
+
+    from sage_cli.config import ModelConfig
+
+    assert set(SageModel.SETTINGS) <= {f.name for f in dataclasses.fields(ModelConfig)}
+    odd = {"facts_mode": "hard", "num_facts": 3, "k_patches": 2, "fusion_heads": 2, "fusion_values": "test+sim",
+           "peak_hint": True}  # none of them the default
+    assert set(odd) == set(SageModel.SETTINGS)
+    model = SageModel(tiny_composed(), **odd)
+    assert model.settings() == odd
+    out = checkpoint.save(model, tmp_path / "ckpt", backbone="tiny")
+    assert checkpoint.read_config(out)["sage"] == odd
+    assert SageModel(tiny_composed(), **checkpoint.read_config(out)["sage"]).settings() == odd

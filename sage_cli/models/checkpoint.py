@@ -95,14 +95,7 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, l
     config = {
         "format": FORMAT,
         "backbone": backbone,
-        "sage": {
-            "facts_mode": model.facts_mode,
-            "num_facts": model.num_facts,
-            "k_patches": model.fusion.k_patches,
-            "fusion_heads": model.fusion.heads,
-            "fusion_values": model.fusion.values,
-            "peak_hint": model.projector.hint is not None,
-        },
+        "sage": model.settings(),
         "lora": lora,  # LoRA settings when the LLM was trained with LoRA (loading injects it first)
         # a composed backbone's adapter grid depends on its input size (HF VLMs fix theirs in their config)
         "image_size": size if isinstance(size := getattr(model.backbone, "image_size", None), int) else None,

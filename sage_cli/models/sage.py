@@ -63,6 +63,10 @@ class SageBatch:
 
 
 class SageModel(nn.Module):
+    # the constructor's settings beyond the backbone: a checkpoint's config.json stores them, a recipe's
+    # `model:` section sets them
+    SETTINGS = ("facts_mode", "num_facts", "k_patches", "fusion_heads", "fusion_values", "peak_hint")
+
     def __init__(self, backbone: Backbone, facts_mode: str = "fe", num_facts: int = 8, k_patches: int = 16,
                  fusion_heads: int = 4, fusion_values: str = "test", peak_hint: bool = False):
         super().__init__()
@@ -73,6 +77,12 @@ class SageModel(nn.Module):
         c = backbone.hidden_size
         self.fusion = FusionAttention(c, fusion_heads, k_patches, fusion_values)
         self.projector = FactProjector(c, sim=fusion_values == "test+sim", hint=peak_hint)
+
+    def settings(self) -> dict:
+        """The SETTINGS this model was built with (SageModel(backbone, **model.settings()) rebuilds it)."""
+        return {"facts_mode": self.facts_mode, "num_facts": self.num_facts, "k_patches": self.fusion.k_patches,
+                "fusion_heads": self.fusion.heads, "fusion_values": self.fusion.values,
+                "peak_hint": self.projector.hint is not None}
 
     @property
     def device(self) -> torch.device:

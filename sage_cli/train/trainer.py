@@ -84,9 +84,7 @@ def build_model(recipe, stage: str, dtype: torch.dtype, device):
                         f"model.backbone is {mc.backbone!r}")
     if stage == "edpo" and not start:
         raise SageError("E-DPO starts from an SFE checkpoint: set model.checkpoint (or --checkpoint)")
-    sage = config.get("sage") or {"facts_mode": mc.facts_mode, "num_facts": mc.num_facts, "k_patches": mc.k_patches,
-                                  "fusion_heads": mc.fusion_heads, "fusion_values": mc.fusion_values,
-                                  "peak_hint": mc.peak_hint}
+    sage = config.get("sage") or {k: getattr(mc, k) for k in SageModel.SETTINGS}
     bb = load_backbone(mc.backbone, dtype=dtype, image_size=config.get("image_size") or mc.image_size)
     model = SageModel(bb, **sage)
     lora_settings = config.get("lora")
