@@ -117,9 +117,11 @@ def test_settings_round_trip_through_config_json(tmp_path):
     """Every SAGE setting a recipe's `model:` section sets is stored in config.json and rebuilds the same
     model: a setting added to SageModel but not to SETTINGS/settings() would fail here."""
     import dataclasses
+    import inspect
 
     from sage_cli.config import ModelConfig
 
+    assert set(SageModel.SETTINGS) == set(inspect.signature(SageModel).parameters) - {"backbone"}
     assert set(SageModel.SETTINGS) <= {f.name for f in dataclasses.fields(ModelConfig)}
     odd = {"facts_mode": "hard", "num_facts": 3, "k_patches": 2, "fusion_heads": 2, "fusion_values": "test+sim",
            "peak_hint": True}  # none of them the default
