@@ -1,19 +1,22 @@
 """The ablation table (the paper's Table 3 at our scale) from the bench runs of recipes/release/sage-smol.sh.
 
-    python recipes/release/ablation_table.py runs/release/bench [--out table.md]
+    python recipes/release/ablation_table.py runs/release/bench [--out table.md] [--card MODEL_CARD.md]
 
 Reads BENCH/seed-N/ROW/SET-SHOTS/results.json (and BENCH/untrained/SET-SHOTS) and prints one Markdown
 table per evaluation set and setting: each row's metrics as mean ± standard deviation over the seeds
 that have it, with the number of seeds. Nothing is dropped: a row with fewer seeds says so.
 AUROC is the P(yes) of the script's fixed detection question (`--detect-question "$DETECT"`); Map AUROC
 is the anomaly map's peak (the training-free baseline, one-shot only).
+--card replaces the tables between the card's two markers (CARD_START ... CARD_END lines).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 from pathlib import Path
 
 ROWS = [("untrained", "untrained SAGE layers (no training)"), ("sft", "SFT, no facts"),
@@ -23,6 +26,7 @@ METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", la
            ("Diagnosis", lambda m: m["accuracy"]["diagnosis"], 100), ("Average", lambda m: m["accuracy"]["average"], 100),
            ("Acc-G", lambda m: m["acc_g"], 100), ("SBERT", lambda m: m["sbert"], 1), ("AUROC", lambda m: m["auroc"], 1),
            ("Map AUROC", lambda m: m.get("auroc_map"), 1)]
+CARD_START, CARD_END = "<!-- ablation table", "<!-- end of ablation table -->"
 
 
 def runs(bench: Path, row: str, name: str) -> list[dict]:
@@ -60,19 +64,39 @@ def table(bench: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def splice(card: Path, text: str) -> None:
+    """Put `text` between the card's marker lines, keeping the markers; written atomically."""
+    if not card.is_file():
+        sys.exit(f"error: no model card at {card}")
+    lines = card.read_text(encoding="utf-8").splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(CARD_START)]
+    ends = [i for i, line in enumerate(lines) if line.strip() == CARD_END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        sys.exit(f"error: {card} needs one line starting {CARD_START!r} and, after it, one {CARD_END!r} line")
+    new = lines[: starts[0] + 1] + [text.rstrip("\n") + "\n"] + lines[ends[0]:]
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text("".join(new), encoding="utf-8")
+    os.replace(tmp, card)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--card", type=Path, help="a model card whose table (between its markers) to replace")
     args = ap.parse_args()
+    if not args.bench.is_dir():
+        sys.exit(f"error: no bench folder at {args.bench} (run `sage-smol.sh bench SEED` first)")
     parts = []
     for key, what in SETS:
         for shots, setting in (("0", "zero-shot"), ("1", "one-shot")):
-            parts.append(f"### {what}, {setting}\n\n{table(args.bench, f'{key}-{shots}')}\n")
+            parts.append(f"#### {what}, {setting}\n\n{table(args.bench, f'{key}-{shots}')}\n")
     text = "\n".join(parts)
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
+    if args.card:
+        splice(args.card, text)
 
 
 if __name__ == "__main__":

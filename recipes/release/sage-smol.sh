@@ -6,7 +6,8 @@
 #   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
 #   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training
-#   bash recipes/release/sage-smol.sh table         # mean ± spread over the seeds done
+#   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
+#                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt)
 #
 # No real defect is trained on: the training images are synthetic defects drawn on normal photos (the
@@ -151,7 +152,7 @@ case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
     bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
-    table) ${PYTHON:-python} recipes/release/ablation_table.py "$R/bench" ;;
+    table) shift; ${PYTHON:-python} recipes/release/ablation_table.py "$R/bench" "$@" ;;
     ship) ship ;;
-    *) sed -n '2,10p' "$0"; exit 2 ;;
+    *) sed -n '2,11p' "$0"; exit 2 ;;
 esac
