@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
+
+from sage_cli.atomic import write_text
 
 ROWS = [("untrained", "untrained SAGE layers (no training)"), ("sft", "SFT, no facts"),
         ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
@@ -74,9 +75,7 @@ def splice(card: Path, text: str) -> None:
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         sys.exit(f"error: {card} needs one line starting {CARD_START!r} and, after it, one {CARD_END!r} line")
     new = lines[: starts[0] + 1] + [text.rstrip("\n") + "\n"] + lines[ends[0]:]
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text("".join(new), encoding="utf-8")
-    os.replace(tmp, card)
+    write_text(card, "".join(new))
 
 
 def main() -> None:
@@ -94,7 +93,7 @@ def main() -> None:
     text = "\n".join(parts)
     print(text)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        write_text(args.out, text)
     if args.card:
         splice(args.card, text)
 

@@ -152,7 +152,9 @@ case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
     bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
-    table) shift; ${PYTHON:-python} recipes/release/ablation_table.py "$R/bench" "$@" ;;
+    table) shift  # the python of $SAGE's environment: the script writes through sage_cli.atomic
+        py=$(dirname "$(command -v "$SAGE")")/python; [ -x "$py" ] || py=python
+        ${PYTHON:-$py} recipes/release/ablation_table.py "$R/bench" "$@" ;;
     ship) ship ;;
     *) sed -n '2,11p' "$0"; exit 2 ;;
 esac
