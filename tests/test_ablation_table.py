@@ -1,4 +1,4 @@
-"""recipes/release/ablation_table.py: the model card's ablation table from bench results.json files."""
+"""recipes/release/ablation_table.py: the model card's ablation table from kept bench results.json files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "release" / "ablation_table.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "recipes" / "release" / "ablation_table.py"
+CARD = ROOT / "sage_cli" / "assets" / "sage-smol" / "MODEL_CARD.md"
 
 
 def write_result(folder: Path, average: float, auroc: float, status: str = "done") -> None:
@@ -56,4 +58,56 @@ def test_card_without_markers_is_one_line_and_untouched(tmp_path):
     assert card.read_text(encoding="utf-8") == "# card without a table\n"
 
     missing = run(str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "no results folder" in missing.stderr and "Traceback" not in missing.stderr
+    missing = run(str(tmp_path / "bench"), "--add", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "no bench folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_add_keeps_finished_runs_and_replaces_the_same_run(tmp_path):
+    results, bench = tmp_path / "results", tmp_path / "bench"
+    write_result(results / "seed-0" / "fe" / "hazelnut-1", 0.40, 0.7)  # an older copy of seed 0's run
+    write_result(results / "seed-1" / "fe" / "hazelnut-1", 0.60, 0.9)  # not benched again: kept as it is
+    write_result(bench / "seed-0" / "fe" / "hazelnut-1", 0.80, 1.0)
+    write_result(bench / "seed-2" / "fe" / "hazelnut-1", 0.10, 0.1, status="partial")  # unfinished: not kept
+    write_result(bench / "untrained" / "hazelnut-1", 0.30, 0.5)
+
+    done = run(str(results), "--add", str(bench))
+    assert done.returncode == 0, done.stderr
+    assert "2 finished run(s)" in done.stderr
+    assert json.loads((results / "seed-0" / "fe" / "hazelnut-1" / "results.json").read_text())["metrics"]["auroc"] == 1.0
+    assert not (results / "seed-2").exists()
+    assert (results / "untrained" / "hazelnut-1" / "results.json").is_file()
+    # seeds 0 (the new copy) and 1: mean 70.0, AUROC 0.950
+    assert "| +Fact[FE] (SFE) | 2 | 70.0 ± 14.1 |" in done.stdout and "| 0.950 ± 0.071 | - |" in done.stdout
+    assert "| untrained SAGE layers (no training) | 1 | 30.0 |" in done.stdout
+
+    (bench / "seed-0" / "fe" / "hazelnut-1" / "results.json").write_text("{not json", encoding="utf-8")
+    bad = run(str(results), "--add", str(bench))
+    assert bad.returncode != 0 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+
+
+def test_the_kept_results_make_the_cards_table():
+    """The card's table is what the repository's kept results give: nobody edited one without the other."""
+    done = run(str(ROOT / "recipes" / "release" / "results"))
+    assert done.returncode == 0, done.stderr
+    card = CARD.read_text(encoding="utf-8")
+    start = card.index("\n", card.index("<!-- ablation table")) + 1
+    assert card[start:card.index("<!-- end of ablation table -->")].strip() == done.stdout.strip()
+
+
+def test_release_script_table_keeps_new_runs_beside_the_kept_ones(tmp_path):
+    """`sage-smol.sh table` with R and RESULTS pointed elsewhere: the glue between the script and this one."""
+    import os
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "recipes" / "release" / "results", results)
+    kept = len(list(results.glob("seed-*/fe/hazelnut-0/results.json")))
+    write_result(tmp_path / "release" / "bench" / "seed-7" / "fe" / "hazelnut-0", 0.5, 0.5)
+    env = {**os.environ, "R": str(tmp_path / "release"), "RESULTS": str(results), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "table"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (results / "seed-7" / "fe" / "hazelnut-0" / "results.json").is_file()
+    assert f"| +Fact[FE] (SFE) | {kept + 1} |" in done.stdout  # the seeds kept in the repository, and seed 7

@@ -1,10 +1,14 @@
 """The ablation table (the paper's Table 3 at our scale) from the bench runs of recipes/release/sage-smol.sh.
 
-    python recipes/release/ablation_table.py runs/release/bench [--out table.md] [--card MODEL_CARD.md]
+    python recipes/release/ablation_table.py recipes/release/results [--add runs/release/bench]
+                                              [--out table.md] [--card MODEL_CARD.md]
 
-Reads BENCH/seed-N/ROW/SET-SHOTS/results.json (and BENCH/untrained/SET-SHOTS) and prints one Markdown
+Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/untrained/SET-SHOTS) and prints one Markdown
 table per evaluation set and setting: each row's metrics as mean ± standard deviation over the seeds
 that have it, with the number of seeds. Nothing is dropped: a row with fewer seeds says so.
+RESULTS is kept in the repository (recipes/release/results), so the card's table can be rebuilt on any
+machine; --add first copies every finished run of a bench folder (same layout) into it, replacing the
+file of the same seed, row and set.
 AUROC is the P(yes) of the script's fixed detection question (`--detect-question "$DETECT"`); Map AUROC
 is the anomaly map's peak (the training-free baseline, one-shot only).
 --card replaces the tables between the card's two markers (CARD_START ... CARD_END lines).
@@ -30,17 +34,35 @@ METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", la
 CARD_START, CARD_END = "<!-- ablation table", "<!-- end of ablation table -->"
 
 
-def runs(bench: Path, row: str, name: str) -> list[dict]:
+def read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: cannot read {path}: {e}")
+
+
+def runs(results: Path, row: str, name: str) -> list[dict]:
     """The metrics of every seed's run of `row` on `name` (e.g. hazelnut-1)."""
-    folders = [bench / row / name] if row == "untrained" else sorted(bench.glob(f"seed-*/{row}/{name}"))
+    folders = [results / row / name] if row == "untrained" else sorted(results.glob(f"seed-*/{row}/{name}"))
     out = []
     for f in folders:
         path = f / "results.json"
         if path.is_file():
-            res = json.loads(path.read_text(encoding="utf-8"))
+            res = read(path)
             if res.get("status") == "done":
                 out.append(res["metrics"])
     return out
+
+
+def add(bench: Path, results: Path) -> int:
+    """Copy every finished results.json under `bench` into `results` (same relative path); the count."""
+    n = 0
+    for path in sorted(bench.glob("seed-*/*/*/results.json")) + sorted(bench.glob("untrained/*/results.json")):
+        res = read(path)
+        if res.get("status") == "done":
+            write_text(results / path.relative_to(bench), json.dumps(res, indent=1) + "\n")
+            n += 1
+    return n
 
 
 def cell(values: list[float], scale: float) -> str:
@@ -53,11 +75,11 @@ def cell(values: list[float], scale: float) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(bench: Path, name: str) -> str:
+def table(results: Path, name: str) -> str:
     head = ["Row", "Seeds", *(m[0] for m in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, label in ROWS:
-        ms = runs(bench, row, name)
+        ms = runs(results, row, name)
         if not ms:
             continue
         cells = [cell([get(m) for m in ms], scale) for _, get, scale in METRICS]
@@ -80,16 +102,21 @@ def splice(card: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", type=Path)
+    ap.add_argument("results", type=Path, help="the kept results (recipes/release/results)")
+    ap.add_argument("--add", type=Path, metavar="BENCH", help="a bench folder whose finished runs to copy in first")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--card", type=Path, help="a model card whose table (between its markers) to replace")
     args = ap.parse_args()
-    if not args.bench.is_dir():
-        sys.exit(f"error: no bench folder at {args.bench} (run `sage-smol.sh bench SEED` first)")
+    if args.add is not None:
+        if not args.add.is_dir():
+            sys.exit(f"error: no bench folder at {args.add} (run `sage-smol.sh bench SEED` first)")
+        print(f"{add(args.add, args.results)} finished run(s) of {args.add} kept in {args.results}", file=sys.stderr)
+    if not args.results.is_dir():
+        sys.exit(f"error: no results folder at {args.results}")
     parts = []
     for key, what in SETS:
         for shots, setting in (("0", "zero-shot"), ("1", "one-shot")):
-            parts.append(f"#### {what}, {setting}\n\n{table(args.bench, f'{key}-{shots}')}\n")
+            parts.append(f"#### {what}, {setting}\n\n{table(args.results, f'{key}-{shots}')}\n")
     text = "\n".join(parts)
     print(text)
     if args.out:

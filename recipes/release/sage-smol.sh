@@ -10,6 +10,9 @@
 #                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt)
 #
+# bench also keeps each finished run's results.json in recipes/release/results (commit it): the table
+# is made from there, so it survives the loss of runs/.
+#
 # No real defect is trained on: the training images are synthetic defects drawn on normal photos (the
 # hazelnut set's train/good) and on generated or CC0 normal images. The real hazelnut defects
 # (test/colour, test/crack) and the held-out categories are only benchmarked.
@@ -17,6 +20,7 @@ set -euo pipefail
 
 SAGE=${SAGE:-sage}
 R=${R:-runs/release}
+RESULTS=${RESULTS:-recipes/release/results}  # the kept bench results (in the repository)
 HAZELNUT=${HAZELNUT:-../shared/data/hazelnut_toy}
 SFE_STEPS=${SFE_STEPS:-400}        # SFE, then VERDICT_STEPS more from its checkpoint with the Yes/No token
 VERDICT_STEPS=${VERDICT_STEPS:-200}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
@@ -117,6 +121,11 @@ bench_one() {  # run folder, model args...
     done
 }
 
+py() {  # the python of $SAGE's environment: ablation_table.py writes through sage_cli.atomic
+    local py; py=$(dirname "$(command -v "$SAGE")")/python; [ -x "$py" ] || py=python
+    ${PYTHON:-$py} "$@"
+}
+
 bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
     for row in "$@"; do
         if [ "$row" = untrained ]; then
@@ -127,6 +136,7 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
                 bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$R/seed-$SEED/$run/checkpoint"
             fi
         fi
+        [ -d "$R/bench" ] && py recipes/release/ablation_table.py "$RESULTS" --add "$R/bench" > /dev/null
     done
 }
 
@@ -152,9 +162,9 @@ case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
     bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
-    table) shift  # the python of $SAGE's environment: the script writes through sage_cli.atomic
-        py=$(dirname "$(command -v "$SAGE")")/python; [ -x "$py" ] || py=python
-        ${PYTHON:-$py} recipes/release/ablation_table.py "$R/bench" "$@" ;;
+    table) shift
+        add=(); [ -d "$R/bench" ] && add=(--add "$R/bench")
+        py recipes/release/ablation_table.py "$RESULTS" "${add[@]}" "$@" ;;
     ship) ship ;;
-    *) sed -n '2,11p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
