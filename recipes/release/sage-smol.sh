@@ -136,7 +136,7 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
                 bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$R/seed-$SEED/$run/checkpoint"
             fi
         fi
-        [ -d "$R/bench" ] && py recipes/release/ablation_table.py "$RESULTS" --add "$R/bench" > /dev/null
+        if [ -d "$R/bench" ]; then py recipes/release/ablation_table.py "$RESULTS" --add "$R/bench" > /dev/null; fi
     done
 }
 
