@@ -122,8 +122,10 @@ bench_one() {  # run folder, model args...
 }
 
 py() {  # the python of $SAGE's environment: ablation_table.py writes through sage_cli.atomic
-    local py; py=$(dirname "$(command -v "$SAGE")")/python; [ -x "$py" ] || py=python
-    ${PYTHON:-$py} "$@"
+    if [ -z "${PYTHON:-}" ] && ! command -v "$SAGE" > /dev/null; then
+        echo "error: no '$SAGE' command: activate sage's environment or set SAGE=.venv/bin/sage" >&2; exit 2
+    fi
+    ${PYTHON:-$(dirname "$(command -v "$SAGE")")/python} "$@"
 }
 
 bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
