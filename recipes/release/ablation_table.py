@@ -58,9 +58,8 @@ def add(bench: Path, results: Path) -> int:
     """Copy every finished results.json under `bench` into `results` (same relative path); the count."""
     n = 0
     for path in sorted(bench.glob("seed-*/*/*/results.json")) + sorted(bench.glob("untrained/*/results.json")):
-        res = read(path)
-        if res.get("status") == "done":
-            write_text(results / path.relative_to(bench), json.dumps(res, indent=1) + "\n")
+        if read(path).get("status") == "done":  # the file as the bench wrote it, not a re-serialised copy
+            write_text(results / path.relative_to(bench), path.read_text(encoding="utf-8"))
             n += 1
     return n
 
