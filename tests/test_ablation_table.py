@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +100,6 @@ def test_the_kept_results_make_the_cards_table():
 
 def test_release_script_table_keeps_new_runs_beside_the_kept_ones(tmp_path):
     """`sage-smol.sh table` with R and RESULTS pointed elsewhere: the glue between the script and this one."""
-    import os
-    import shutil
-
     results = tmp_path / "results"
     shutil.copytree(ROOT / "recipes" / "release" / "results", results)
     kept = len(list(results.glob("seed-*/fe/hazelnut-0/results.json")))
