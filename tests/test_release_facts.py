@@ -1,5 +1,5 @@
-"""recipes/release/facts.jsonl: the facts the model card's runs were trained on, kept so that every seed and
-every machine trains on the same ones. `sage-smol.sh data` starts its facts file with them, and
+"""recipes/release/facts.jsonl: the facts seed 2 of the model card's ablation was trained on, kept so that
+every seed and every machine trains on the same ones from now on. `sage-smol.sh data` starts its facts file with them, and
 `sage facts extract --per-category` must then take them as asked: no model call, every image its
 category's kept facts."""
 

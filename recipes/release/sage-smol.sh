@@ -34,7 +34,7 @@ TOKENS=${TOKENS:-32}
 # AUROC from one question asked of every image (the groups' own detection questions vary in wording, and
 # P(yes) shifts with the wording): the question sage-smol answers in `make infer`
 DETECT=${DETECT:-Is there any defect on the test object?}
-FACTS_KEPT=${FACTS_KEPT:-recipes/release/facts.jsonl}  # the facts the card's runs were asked (see data)
+FACTS_KEPT=${FACTS_KEPT:-recipes/release/facts.jsonl}  # the facts seed 2 of the card was trained on (see data)
 
 data() {
     $SAGE data normals --out "$R/normals" --categories all --count 24 --test-count 4 --image-size 224 --seed 0
@@ -73,9 +73,9 @@ data() {
         mv "$R/bench-heldout.tmp" "$R/bench-heldout"
     fi
     # the pretrained model's facts, asked once per category (the untrained sage-smol sees no more than that).
-    # The card's runs' answers are kept in $FACTS_KEPT and start the file, so every seed and machine trains
-    # on the same facts (greedy replies can change with a machine's arithmetic); only a category without a
-    # kept answer is asked, and every image gets its category's facts
+    # The answers seed 2 of the card was trained on are kept in $FACTS_KEPT and start the file, so every
+    # seed and machine trains on the same facts (greedy replies can change with a machine's arithmetic);
+    # only a category without a kept answer is asked, and every image gets its category's facts
     if [ ! -f "$R/facts.jsonl" ] && [ -f "$FACTS_KEPT" ]; then mkdir -p "$R"; cp "$FACTS_KEPT" "$R/facts.jsonl"; fi
     for root in "$R/synth-train" "$R/bench-heldout" "$HAZELNUT"; do
         $SAGE facts extract --from "$root" --out "$R/facts.jsonl" --per-category --which all
