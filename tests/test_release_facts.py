@@ -1,7 +1,7 @@
 """recipes/release/facts.jsonl: the facts seed 2 of the model card's ablation was trained on, kept so that
-every seed and every machine trains on the same ones from now on. `sage-smol.sh data` starts its facts file with them, and
-`sage facts extract --per-category` must then take them as asked: no model call, every image its
-category's kept facts."""
+every seed and every machine trains on the same ones from now on. `sage-smol.sh data` starts its facts
+file with them, and `sage facts extract --per-category` must then take them as asked: no model call,
+every image its category's kept facts."""
 
 from __future__ import annotations
 
