@@ -84,6 +84,22 @@ def test_mvtec_groups_are_built_from_the_annotations(make_tiny_mvtec):
         # the detection question's truth says whether the part is defective (flipped when it asks "free of")
         defective = it.group.defect is not None
         assert (det[0].truth if det[0].detect > 0 else not det[0].truth) == defective
+        assert (it.defective, it.label_source) == (defective, "annotation")  # the folder label, not a question
+
+
+def test_defective_is_the_group_label_not_the_first_question(tmp_path):
+    """MANTA: a first question that is no detection question still leaves a label (here from the conclusion)."""
+    rec = manta_record(conclusion_en="The test tablet is broken into two pieces.")
+    rec["question_answer"][0]["question_en"] = "Is the tablet in the test image broken?"
+    normal = manta_record(conclusion_en="The test object is identical to the reference.", test_image="rice/test_002.png")
+    items = load_items("manta", make_tiny_manta(tmp_path / "m", [rec, normal]), shots=1).items
+    assert [(it.defective, it.label_source) for it in items] == [(True, "conclusion"), (False, "conclusion")]
+    # qa groups: the stored label; an unlabelled group with nothing to read stays unknown
+    qa = make_qa_root(tmp_path / "qa")
+    write_qa_jsonl(qa / "groups.jsonl", [qa_group(0), qa_group(1, defect=None, conclusion="")])
+    labelled, unknown = load_items("qa", qa, shots=1).items
+    assert (labelled.defective, labelled.label_source) == (True, "annotation")
+    assert (unknown.defective, unknown.label_source) == (None, None)
 
 
 def test_categories_and_limit(make_tiny_mvtec, tmp_path):

@@ -75,7 +75,7 @@ def test_per_category_sbert_mle_and_summary():
     assert metrics.mle_means(SAMPLES) is None
     summary = metrics.summarize(rows, with_types=True)
     assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "auroc_map",
-                            "per_category", "mmad_per_type"}
+                            "auroc_map_groups", "detection", "per_category", "mmad_per_type"}
     assert summary["auroc"] is None
 
 
@@ -83,6 +83,55 @@ def test_report_cells_like_the_papers_tables():
     res = {"metrics": {"accuracy": {"standard": 0.706, "identification": 0.657, "diagnosis": None, "average": 0.696},
                        "acc_g": 0.1732, "sbert": 0.7012, "auroc": None, "auroc_map": 0.8125, "mle": None}}
     assert report.cells(res) == ["70.6", "65.7", "-", "69.6", "17.3", "0.70", "-", "0.812"]
+    res["metrics"]["auroc_map_groups"] = 12
+    assert report.cells(res)[-1] == "0.812 (n=12)"  # every AUROC is printed with its n
+    assert report.cells(res, with_n=False)[-1] == "0.812"
     md = report.to_markdown(["run-a"], [res])
-    assert md.splitlines()[0].startswith("| Run | Standard |") and "| run-a | 70.6 |" in md
+    assert md.splitlines()[0].startswith("| Run | Protocol | Standard |") and "| run-a | sage | 70.6 |" in md
     assert report.to_csv(["run-a"], [res]).splitlines()[1].startswith("run-a,")
+
+
+def _mmad(image, qtype, correct, verdict="A"):
+    return {"group_id": image, "type": qtype, "correct": correct, "verdict": verdict}
+
+
+def test_mmad_summary_as_the_official_script():
+    """Hand-computed: MVTec-AD: Anomaly Detection balanced over normal (1/2 right) and abnormal (2/2)
+    = 75; Object Structure + Object Details merged into Object Analysis 2/3 = 66.7; Defect Type 0/1 = 0
+    (the unreadable answer is dropped, not wrong); set average (75 + 66.7 + 0) / 3 = 47.2. VisA: Anomaly
+    Detection abnormal only (1/1; normal 0 of 0 counts 0) = 50; average 50. Overall (47.2 + 50) / 2."""
+    rows = [
+        _mmad("MVTec-AD/bottle/test/good/000.png", "Anomaly Detection", True),
+        _mmad("MVTec-AD/bottle/test/good/001.png", "Anomaly Detection", False),
+        _mmad("MVTec-AD/bottle/test/broken/000.png", "Anomaly Detection", True),
+        _mmad("MVTec-AD/bottle/test/broken/001.png", "Anomaly Detection", True),
+        _mmad("MVTec-AD/bottle/test/broken/000.png", "Object Structure", True),
+        _mmad("MVTec-AD/bottle/test/broken/001.png", "Object Details", False),
+        _mmad("MVTec-AD/bottle/test/broken/001.png", "Object Structure", True),
+        _mmad("MVTec-AD/bottle/test/broken/000.png", "Defect Classification", False),
+        _mmad("MVTec-AD/bottle/test/broken/001.png", "Defect Classification", False, verdict=None),
+        _mmad("VisA/pcb1/test/bad/000.png", "Anomaly Detection", True),
+    ]
+    mm = metrics.mmad_summary(rows)
+    mv = mm["per_dataset"]["MVTec-AD"]
+    assert mv["Anomaly Detection"] == pytest.approx(75.0)
+    assert mv["Object Analysis"] == pytest.approx(200 / 3)
+    assert "Object Structure" not in mv and mv["Defect Classification"] == 0.0
+    assert mv["Average"] == pytest.approx((75 + 200 / 3 + 0) / 3)
+    assert mm["per_dataset"]["VisA"] == {"Anomaly Detection": 50.0, "Average": 50.0}
+    assert mm["average"] == pytest.approx(((75 + 200 / 3) / 3 + 50) / 2)
+    assert mm["dropped_unreadable"] == 1
+    assert metrics.summarize(rows, protocol="mmad")["mmad"] == mm
+    assert "mmad" not in metrics.summarize(rows)
+
+
+def test_detection_block_has_f1_max_and_label_sources():
+    rows = [{"group_id": str(i), "correct": True, "detect_label": lab, "detect_score": sc, "map_max": mp,
+             "label_source": src} for i, (lab, sc, mp, src) in enumerate(
+        [(True, 0.9, 0.8, "annotation"), (True, 0.4, 0.7, "conclusion"), (False, 0.2, 0.1, "question:0"),
+         (False, 0.6, 0.2, "annotation")])]
+    det = metrics.detection(rows)
+    assert det["p_yes"]["auroc"] == pytest.approx(0.75) and det["p_yes"]["n"] == 4
+    assert det["p_yes"]["f1_max"] == pytest.approx(0.8) and det["p_yes"]["f1_threshold"] == pytest.approx(0.4)
+    assert det["map"]["auroc"] == 1.0 and det["map"]["f1_max"] == 1.0
+    assert det["label_sources"] == {"annotation": 2, "conclusion": 1, "question": 1}

@@ -206,7 +206,7 @@ def test_mvtec_end_to_end_and_compare(vlm, make_tiny_mvtec, tmp_path, capsys, mo
     assert rc == 0, err
     assert "│ one " in stdout and "│ zero " in stdout and "Identification" in stdout
     csv_rows = (cmp_out / "comparison.csv").read_text().splitlines()
-    assert len(csv_rows) == 3 and csv_rows[1].startswith("one,mvtec,1,") and csv_rows[2].startswith("zero,mvtec,0,")
+    assert len(csv_rows) == 3 and csv_rows[1].startswith("one,mvtec,sage,1,") and csv_rows[2].startswith("zero,mvtec,sage,0,")
     assert (cmp_out / "comparison.md").read_text().count("\n") == 4
     assert (cmp_out / "accuracy_by_level.png").stat().st_size > 1000
     rc, _, err = sage(capsys, "compare", one, tmp_path / "nothing")

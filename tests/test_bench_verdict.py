@@ -1,8 +1,38 @@
-"""Reading answers: yes/no from free text (with the question's polarity), MMAD option letters."""
+"""Reading answers: yes/no from free text (with the question's kind), MMAD option letters.
+
+The labelled corpora in tests/data/ were written by sessions that had not seen the grader's rules:
+verdict_corpus.jsonl (371 cases) is the development set the rules were then worked out on;
+verdict_heldout.jsonl was written afterwards and is only measured, never tuned to.
+"""
+
+import json
+from pathlib import Path
 
 import pytest
 
-from sage_cli.bench.verdict import detection_polarity, parse_choice, parse_yes_no, verdict
+from sage_cli.bench.choice import parse_choice
+from sage_cli.bench.verdict import detection_polarity, parse_yes_no, verdict
+
+DATA = Path(__file__).parent / "data"
+
+
+def _score(name: str) -> tuple[float, list[str]]:
+    rows = [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    misses = []
+    for r in rows:
+        got = verdict(r["answer"], r["question"])[0]
+        if got is not r["verdict"]:
+            misses.append(f"{r['question']!r} / {r['answer']!r}: want {r['verdict']}, got {got}")
+    return 1 - len(misses) / len(rows), misses
+
+
+@pytest.mark.parametrize("name,goal", [("verdict_corpus.jsonl", 0.97), ("verdict_heldout.jsonl", 0.97)])
+def test_labelled_corpus(name, goal):
+    """At least 97 % of the hand-labelled (question, answer, verdict) cases are read right; misses listed."""
+    if not (DATA / name).exists():
+        pytest.skip(f"{name} is not in tests/data")
+    acc, misses = _score(name)
+    assert acc >= goal, f"{name}: {acc:.1%} right; misses:\n" + "\n".join(misses)
 
 YES_NO = [
     ("No, the part looks normal", False),

@@ -282,6 +282,22 @@ def test_manta_reads_list(tmp_path):
     assert g.questions[2].options == ["option 2.0", "option 2.1", "option 2.2", "option 2.3"]
     assert z.reference_image is None and z.pair_type == "diagnosis"
     assert (g.root / g.test_image).is_file()
+    # MANTA annotates no defect: the label is what the record says ("The kernel has a dark spot.")
+    assert g.defect is None and (g.anomalous, g.label_source) == (True, "conclusion")
+
+
+@pytest.mark.parametrize("fields, label, defect", [
+    ({"label": "good"}, False, None),
+    ({"is_anomaly": "true"}, True, None),
+    ({"defect_type": "none"}, False, None),
+    ({"defect_type": "crack"}, True, "crack"),
+    ({"label": "kernel"}, True, None),  # not a label word: the conclusion decides
+])
+def test_manta_explicit_labels(tmp_path, fields, label, defect):
+    (g,) = read_manta(make_tiny_manta(tmp_path / "manta", [manta_record(**fields)]))
+    source = "conclusion" if fields == {"label": "kernel"} else "annotation"
+    assert (g.anomalous, g.label_source) == (label, source)
+    assert (g.defect.type if g.defect else None) == defect
 
 
 def test_manta_reads_dict_keyed_by_id(tmp_path):
@@ -467,6 +483,8 @@ def test_qa_jsonl_append_after_torn_line(tmp_path):
         (lambda d: d.update(test_image="../../etc/passwd"), "escapes the dataset root"),
         (lambda d: d.update(reference_image="img/none.png"), "not found"),
         (lambda d: d.update(pair_type="easy"), "pair_type must be one of"),
+        (lambda d: d.update(anomalous="yes"), "anomalous must be true, false or null"),
+        (lambda d: d.update(anomalous=False), "a defect is annotated but anomalous is false"),
     ],
 )
 def test_qa_jsonl_bad_lines(tmp_path, mutate, expect):
@@ -480,6 +498,49 @@ def test_qa_jsonl_bad_lines(tmp_path, mutate, expect):
     msg, ds = _open_both(root)
     assert expect in msg and "groups.jsonl line 2" in msg
     assert len(ds.problems) == 1 and [g.id for g in ds.records] == ["g0"]
+
+
+def test_qa_jsonl_label_fields(tmp_path):
+    root = make_qa_root(tmp_path / "qa")
+    normal = qa_group(1, defect=None, anomalous=False, label_source="annotation", conclusion="")
+    unknown = qa_group(2, defect=None, conclusion="")  # stored as null: read from its text again
+    write_qa_jsonl(root / "groups.jsonl", [qa_group(0), normal, unknown])
+    lines = [json.loads(x) for x in (root / "groups.jsonl").read_text().splitlines()]
+    assert [(d["anomalous"], d["label_source"]) for d in lines] == [(True, "annotation"), (False, "annotation"),
+                                                                    (None, None)]
+    g0, g1, g2 = read_qa_jsonl(root / "groups.jsonl")
+    assert (g0.anomalous, g0.label_source) == (True, "annotation")  # a defect is an annotation
+    assert (g1.anomalous, g1.label_source) == (False, "annotation")
+    assert (g2.anomalous, g2.label_source) == (None, None)  # "q0?" ... say nothing
+
+
+def _old_file(folder: Path, groups: list[dict]) -> Path:
+    """A sage-qa/1 file as sage wrote it before `anomalous` / `label_source` existed."""
+    for d in groups:
+        d.pop("anomalous"), d.pop("label_source")
+    out = folder / "train.jsonl"
+    out.write_text("".join(json.dumps(d) + "\n" for d in groups))
+    return out
+
+
+def test_qa_jsonl_files_without_label_fields(tmp_path):
+    root = make_qa_root(tmp_path / "data")
+    good = qa_group(1, defect=None, conclusion="The test rice matches the reference; no defect found.").to_json()
+    quiet = qa_group(2, defect=None, conclusion="").to_json()
+    # written by `sage prefs build` from images (its manifest says so): defect null means normal, as before
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "prefs.json").write_text(json.dumps({"root": str(root), "source_format": "mvtec"}))
+    g0, g1, g2 = read_qa_jsonl(_old_file(built, [qa_group(0).to_json(), dict(good), dict(quiet)]))
+    assert [(g.anomalous, g.label_source) for g in (g0, g1, g2)] == [(True, "annotation"), (False, "annotation"),
+                                                                     (False, "annotation")]
+    # imported from MANTA (or no manifest): defect null says nothing by itself; the text is read
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    (imported / "prefs.json").write_text(json.dumps({"root": str(root), "source_format": "manta"}))
+    g0, g1, g2 = read_qa_jsonl(_old_file(imported, [qa_group(0).to_json(), dict(good), dict(quiet)]))
+    assert [(g.anomalous, g.label_source) for g in (g0, g1, g2)] == [(True, "annotation"), (False, "conclusion"),
+                                                                     (None, None)]
 
 
 def test_write_keeps_permissions_readable(tmp_path):

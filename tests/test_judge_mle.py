@@ -2,6 +2,7 @@
 reading of the judge's reply."""
 
 import math
+import re
 
 import pytest
 
@@ -123,6 +124,73 @@ def test_template_checks():
 
 
 def test_defect_in_words():
-    assert describe_defect(None).startswith("no defect")
+    assert describe_defect(None, False, "annotation") == "no defect (the test object is normal)"
     assert describe_defect(Defect("crack", location="upper left", area_frac=0.021)) == \
         "crack, upper left, 2.1% of the image"
+    assert describe_defect(None, True, "conclusion").startswith("defective, type not annotated")
+    assert describe_defect(None, True, "annotation").startswith("defective, type not annotated")
+    unknown = describe_defect(None)  # nothing known: never "normal"
+    assert "unknown" in unknown and "normal" not in unknown and "no defect" not in unknown
+    read = describe_defect(None, False, "conclusion")  # the record's own claim, said as such
+    assert read.startswith("not annotated; the inspection conclusion says") and "type is unknown" in read
+
+
+def _manta_groups(tmp_path, records):
+    from conftest import make_tiny_manta
+
+    from sage_cli.data.manta import read_manta
+
+    return {g.id: g for g in read_manta(make_tiny_manta(tmp_path / "manta", records))}
+
+
+def _manta_qa(question, answer, options):
+    return {"question_en": question, "answer": answer, "answer_options": [{"answer_en": o} for o in options]}
+
+
+DENT = "The test image shows a dent on the rim of the cap, which the reference does not have."
+DENT_OPTIONS = ["Yes. There is a dent on the rim.", "Yes, the rim looks deformed.", "Yes, maybe a scratch.",
+                "It looks the same as the reference."]
+
+
+def test_judge_prompt_for_a_defective_manta_record_never_says_normal(tmp_path):
+    """A MANTA record has no defect annotation: the judge gets its conclusion and reference answer, and is
+    told the record is defective with its type not annotated, never that the object is normal."""
+    from conftest import manta_record
+
+    from sage_cli.config import load_recipe
+    from sage_cli.judge.rubric import build_messages
+
+    rec = manta_record(conclusion_en=DENT, question_answer=[
+        _manta_qa("Does the test image show any abnormality compared with the reference?", True, DENT_OPTIONS)] * 5)
+    g = _manta_groups(tmp_path, [rec])["grain-0"]
+    assert g.defect is None and (g.anomalous, g.label_source) == (True, "conclusion")
+    recipe = load_recipe("default", "score")
+    user = build_messages(recipe, g, 0, 3)[-1]["content"]
+    assert not re.search(r"\bnormal\b", user, re.I) and "no defect" not in user.lower()
+    assert DENT in user and DENT_OPTIONS[0] in user
+    assert "Annotation of the test image: defective, type not annotated" in user
+
+    # a template without {conclusion} / {reference} still gets them, inside {defect}
+    recipe.template = "Annotation: {defect}\nAnswer: {answer}"
+    user = build_messages(recipe, g, 0, 3)[-1]["content"]
+    assert DENT in user and DENT_OPTIONS[0] in user and "no defect" not in user.lower()
+
+
+def test_judge_prompt_says_normal_only_when_the_record_says_so(tmp_path):
+    from conftest import manta_record
+
+    from sage_cli.config import load_recipe
+    from sage_cli.judge.rubric import build_messages
+
+    qs = [_manta_qa("Is the tablet round?", True, ["Yes.", "Yes, mostly.", "Maybe.", "No."])] * 5
+    groups = _manta_groups(tmp_path, {
+        "unknown": manta_record(conclusion_en="", question_answer=qs),
+        "labelled": manta_record(conclusion_en="", question_answer=qs, is_anomaly=False),
+    })
+    recipe = load_recipe("default", "score")
+    unknown = build_messages(recipe, groups["unknown"], 0, 0)[-1]["content"]
+    assert groups["unknown"].anomalous is None
+    assert "no defect" not in unknown.lower() and "test object is normal" not in unknown
+    assert "whether the test object is defective is unknown" in unknown
+    labelled = build_messages(recipe, groups["labelled"], 0, 0)[-1]["content"]
+    assert "Annotation of the test image: no defect (the test object is normal)" in labelled

@@ -44,6 +44,10 @@ def test_manta_groups_are_copied_with_levels(tmp_path, capsys):
     assert [q.answer for q in a1.questions] == [q["answer"] for q in src]
     assert a1.questions[2].options == [o["answer_en"] for o in src[2]["answer_options"]]
     assert a1.conclusion == "The kernel has a dark spot."
+    assert (a1.anomalous, a1.label_source) == (True, "conclusion")  # written out, so read back as stored
+    lines = [json.loads(x) for f in ("train.jsonl", "val.jsonl") for x in (tmp_path / "out" / f).read_text().splitlines()]
+    line = next(d for d in lines if d["id"] == "a1")
+    assert line["anomalous"] is True and line["label_source"] == "conclusion"
     assert manifest["counts"]["total"]["levels"] == {"standard": 5, "identification": 1, "diagnosis": 4}
 
 
@@ -107,6 +111,8 @@ def test_mmad_items_become_yes_no_groups(tmp_path, capsys):
     assert len(set(classify.options)) == 4
     good = by_image["MVTec-AD/bottle/test/good/000.png"]
     assert good.defect is None and good.questions[0].answer is False
+    assert (good.anomalous, good.label_source) == (False, "annotation")  # MMAD's folder label
+    assert (broken.anomalous, broken.label_source) == (True, "annotation")
     assert good.questions[0].options[0].startswith("No.") and "no defect" in good.conclusion.lower()
 
 

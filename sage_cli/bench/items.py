@@ -19,6 +19,11 @@ question that asks whether the part is defective (or normal) in so many words
 defects?" question), its P(yes) (or 1 - P(yes)) the score. Items without such a question add nothing.
 With `--detect-question`, every item is asked that one question instead and scored against
 ``BenchItem.defective`` (the same wording for every image, so its P(yes) is comparable across images).
+
+``BenchItem.defective`` is the group's label, whatever its questions ask (`data.labels.anomaly_label`;
+``label_source`` says how it was found): mvtec, and qa groups built from images, from the annotation;
+manta / mpdd from a record's explicit label, else its conclusion, else its questions' answers; qa as
+stored in the file, else as for manta. MMAD items have none (None).
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class BenchItem:
     questions: list[BenchQuestion]
     group: object | None = None  # the QAGroup (for the MLE judge's prompt); None for MMAD
     kind: str = "yesno"  # or "choice" (MMAD)
-    defective: bool | None = None  # None = unknown (MMAD; a MANTA record without a detection question)
+    defective: bool | None = None  # the group's label (data/labels.py); None = unknown (MMAD, an unlabelled group)
+    label_source: str | None = None  # where `defective` comes from: "annotation", "conclusion", "question:<q>", ...
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -145,24 +151,33 @@ def _unique_ids(items: list[BenchItem]) -> None:
 
 
 def _yes_no_item(g, shots: int, built: bool = False) -> BenchItem:
-    """`built`: the group comes from our builder, whose `defect` is None exactly for normal images."""
+    """`built`: the group comes from our builder, whose `defect` is None exactly for normal images.
+
+    ``defective`` is the group's label (`QAGroup.anomalous`, set by its reader or builder; derived here
+    with `labels.anomaly_label` when it is unset), not the detection question's answer.
+    """
     from sage_cli.bench.verdict import detection_polarity
+    from sage_cli.data.labels import anomaly_label
+    from sage_cli.data.records import LABEL_ANNOTATION
 
     questions = []
     detect_done = False
-    defective = True if g.defect is not None else (False if built else None)
+    if g.anomalous is not None:
+        defective, source = g.anomalous, g.label_source
+    elif built:
+        defective, source = g.defect is not None, LABEL_ANNOTATION
+    else:
+        defective, source = anomaly_label(g)
     for i, q in enumerate(g.questions):
         level = g.level_of(q)
         pol = None
         if not detect_done and level == "standard":
             pol = detection_polarity(q.question)
             detect_done = pol is not None
-            if detect_done:
-                defective = bool(q.answer) if pol > 0 else not q.answer
         questions.append(BenchQuestion(i, q.question, q.question, level, bool(q.answer),
                                        q.options[0] if q.options else None, detect=pol))
     return BenchItem(g.id, g.category, Path(g.root), g.test_image, g.reference_image if shots else None,
-                     questions, group=g, defective=defective)
+                     questions, group=g, defective=defective, label_source=source)
 
 
 def mmad_prompt(question: str, options: dict[str, str]) -> str:

@@ -10,6 +10,9 @@ question type), and on a group's detection question ``detect_label`` / ``detect_
   short record, or an MMAD image with fewer questions) counts with the questions it has.
 * AUROC: from (label, score) pairs with the rank formula; tied scores share their mean rank, so a
   tie between a positive and a negative counts one half. None when only one class is present.
+  Detection (`detection`): AUROC and F1-max (with its threshold, `ad_metrics.f1_max`) for the P(yes)
+  score and for the anomaly map's peak, each with its n (groups scored) and the label sources.
+* MMAD's official summary (`mmad_summary`, protocol ``mmad``), see grading.py.
 """
 
 from __future__ import annotations
@@ -72,6 +75,69 @@ def auroc(labels: list[bool], scores: list[float]) -> float | None:
     return (pos_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def detection(samples: list[dict]) -> dict:
+    """Image-level detection from the samples that carry a label: per score (P(yes) "p_yes", map peak
+    "map"), {auroc, f1_max, f1_threshold, n, n_pos}; and how the labels were found."""
+    from sage_cli.bench.ad_metrics import image_metrics
+
+    out = {}
+    for name, key in (("p_yes", "detect_score"), ("map", "map_max")):
+        pairs = [(bool(s["detect_label"]), float(s[key])) for s in samples
+                 if s.get("detect_label") is not None and s.get(key) is not None]
+        out[name] = image_metrics([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+    sources: dict[str, int] = defaultdict(int)
+    for s in samples:
+        if s.get("detect_label") is not None:
+            sources[str(s.get("label_source") or "question").split(":")[0]] += 1
+    out["label_sources"] = dict(sorted(sources.items()))
+    return out
+
+
+MMAD_MERGE = {"Object Structure": "Object Analysis", "Object Details": "Object Analysis"}
+
+
+def mmad_summary(samples: list[dict], normal_flag: str = "good") -> dict:
+    """MMAD's official summary: per data set (the image path's first folder) and question type (Object
+    Structure and Object Details merged into Object Analysis), accuracy over the answers whose letter was
+    read (unreadable ones dropped, not counted wrong); Anomaly Detection as balanced accuracy, the mean of
+    the accuracy on normal images (`normal_flag` in the path) and on abnormal ones; per data set the mean
+    over its question types; overall the mean over data sets. Percent, as MMAD prints it.
+
+    Differs from the official script in two places, both only where its data differ from MMAD's: a type
+    a data set lacks is left out of that set's mean (the script counts it as 0), and the answer after an
+    unreadable one is not skipped (the script removes items from the list it is iterating over)."""
+    tally: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    detect: dict[str, dict[bool, list[int]]] = defaultdict(lambda: {True: [0, 0], False: [0, 0]})
+    dropped = 0
+    for s in samples:
+        if s.get("verdict") is None:
+            dropped += 1
+            continue
+        image = str(s["group_id"])
+        dataset = image.split("/")[0]
+        qtype = MMAD_MERGE.get(s.get("type") or "", s.get("type") or "(untyped)")
+        t = tally[dataset][qtype]
+        t[0] += int(bool(s["correct"]))
+        t[1] += 1
+        if qtype == "Anomaly Detection":
+            d = detect[dataset][normal_flag in image]
+            d[0] += int(bool(s["correct"]))
+            d[1] += 1
+    per_set: dict[str, dict] = {}
+    for dataset, types in tally.items():
+        row = {q: 100 * c / n for q, (c, n) in types.items()}
+        if "Anomaly Detection" in types:
+            accs = [c / n if n else 0.0 for c, n in (detect[dataset][True], detect[dataset][False])]
+            row["Anomaly Detection"] = 100 * sum(accs) / 2
+        row["Average"] = sum(row.values()) / len(row)
+        per_set[dataset] = dict(sorted(row.items()))
+    types = sorted({q for row in per_set.values() for q in row if q != "Average"})
+    mean_row = {q: _mean(row[q] for row in per_set.values() if q in row) for q in types}
+    mean_row["Average"] = _mean(row["Average"] for row in per_set.values())
+    return {"per_dataset": dict(sorted(per_set.items())), "mean": mean_row, "average": mean_row["Average"],
+            "dropped_unreadable": dropped}
+
+
 def detection_auroc(samples: list[dict]) -> tuple[float | None, int]:
     """(AUROC, number of groups scored) over the samples that carry a detection label and score."""
     pairs = [(bool(s["detect_label"]), float(s["detect_score"])) for s in samples
@@ -110,9 +176,10 @@ def mle_means(samples: list[dict]) -> dict | None:
             "answers": len(judged), "failed": failed}
 
 
-def summarize(samples: list[dict], with_types: bool = False) -> dict:
+def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sage") -> dict:
     """Every metric of results.json from the samples."""
     auc, n_auc = detection_auroc(samples)
+    maps = [s for s in samples if s.get("detect_label") is not None and s.get("map_max") is not None]
     out = {
         "accuracy": accuracy(samples),
         "acc_g": acc_g(samples),
@@ -121,8 +188,12 @@ def summarize(samples: list[dict], with_types: bool = False) -> dict:
         "auroc": auc,
         "auroc_groups": n_auc,
         "auroc_map": map_auroc(samples),
+        "auroc_map_groups": len(maps),
+        "detection": detection(samples),
         "per_category": by_key(samples, "category"),
     }
     if with_types:
         out["mmad_per_type"] = by_key(samples, "type")
+    if protocol == "mmad":
+        out["mmad"] = mmad_summary(samples)
     return out

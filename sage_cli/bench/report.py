@@ -1,7 +1,8 @@
 """The columns of the paper's Tables 1 and 3 from results.json, as text cells (screen, CSV, Markdown).
 
 Accuracy and Acc-G in percent with one decimal (as the paper prints them), SBERT with two decimals,
-AUROC with three, MLE scores (1-5) with two. A metric that does not apply is "-".
+AUROC with three and its n (groups scored) beside it, MLE scores (1-5) with two. A metric that does
+not apply is "-". A run graded under MMAD's protocol shows MMAD's average in the Average column.
 """
 
 from __future__ import annotations
@@ -21,15 +22,43 @@ def _num(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def cells(results: dict, with_mle: bool = False) -> list[str]:
+def _auc(v, n) -> str:
+    return "-" if v is None else f"{v:.3f} (n={n})" if n is not None else f"{v:.3f}"
+
+
+def cells(results: dict, with_mle: bool = False, with_n: bool = True) -> list[str]:
+    """The COLUMNS (+ MLE_COLUMNS) of one run; `with_n`: AUROC cells carry their n (screen, Markdown)."""
     m = results.get("metrics") or {}
     acc = m.get("accuracy") or {}
+    average = acc.get("average")
+    if (m.get("mmad") or {}).get("average") is not None:
+        average = m["mmad"]["average"] / 100
     row = [_pct(acc.get("standard")), _pct(acc.get("identification")), _pct(acc.get("diagnosis")),
-           _pct(acc.get("average")), _pct(m.get("acc_g")), _num(m.get("sbert"), 2), _num(m.get("auroc"), 3), _num(m.get("auroc_map"), 3)]
+           _pct(average), _pct(m.get("acc_g")), _num(m.get("sbert"), 2), _auc(m.get("auroc"), m.get("auroc_groups") if with_n else None),
+           _auc(m.get("auroc_map"), m.get("auroc_map_groups") if with_n else None)]
     if with_mle:
         mle = m.get("mle") or {}
         row += [_num(mle.get(k), 2) for k in ("type", "location", "logic", "score")]
     return row
+
+
+def detection_rows(results: dict) -> list[list[str]]:
+    """[score, AUROC, F1-max, threshold, n, pixel AUROC, AUPRO] rows for P(yes) and the map peak."""
+    m = results.get("metrics") or {}
+    det, pix = m.get("detection") or {}, m.get("pixel") or {}
+    rows = []
+    for name, label in (("p_yes", "P(yes)"), ("map", "map peak (Eq. 1)")):
+        d = det.get(name)
+        if not d:
+            continue
+        px = [_num(pix.get("pixel_auroc"), 3), _num(pix.get("aupro"), 3)] if name == "map" else ["", ""]
+        rows.append([label, _num(d.get("auroc"), 3), _num(d.get("f1_max"), 3), _num(d.get("f1_threshold"), 3),
+                     str(d.get("n")), *px])
+    return rows
+
+
+def protocol_of(results: dict) -> str:
+    return str(results.get("protocol") or "sage")
 
 
 def has_mle(results: list[dict]) -> bool:
@@ -40,17 +69,19 @@ def to_csv(names: list[str], results: list[dict]) -> str:
     mle = has_mle(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "format", "shots", *COLUMNS, *(MLE_COLUMNS if mle else ()), "questions"])
+    w.writerow(["run", "format", "protocol", "shots", *COLUMNS, *(MLE_COLUMNS if mle else ()), "questions",
+                "AUROC n", "Map AUROC n"])
     for name, r in zip(names, results):
-        cfg = r.get("config") or {}
-        w.writerow([name, r.get("format"), cfg.get("shots"), *cells(r, mle), (r.get("counts") or {}).get("questions")])
+        cfg, m = r.get("config") or {}, r.get("metrics") or {}
+        w.writerow([name, r.get("format"), protocol_of(r), cfg.get("shots"), *cells(r, mle, with_n=False),
+                    (r.get("counts") or {}).get("questions"), m.get("auroc_groups"), m.get("auroc_map_groups")])
     return buf.getvalue()
 
 
 def to_markdown(names: list[str], results: list[dict]) -> str:
     mle = has_mle(results)
-    head = ["Run", *COLUMNS, *(MLE_COLUMNS if mle else ())]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    head = ["Run", "Protocol", *COLUMNS, *(MLE_COLUMNS if mle else ())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     for name, r in zip(names, results):
-        lines.append("| " + " | ".join([name.replace("|", "\\|"), *cells(r, mle)]) + " |")
+        lines.append("| " + " | ".join([name.replace("|", "\\|"), protocol_of(r), *cells(r, mle)]) + " |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
     RUN_DIR/results.json    metrics, config, counts, versions, git commit, timing (rewritten atomically:
                             at the start with status "running", at the end with status "done")
     RUN_DIR/samples.jsonl   one line per answered question, appended as answers come (the record resume reads)
+    RUN_DIR/samples.csv     the same, flat, for a spreadsheet (rewritten at the end of each run)
     RUN_DIR/plots/*.png     accuracy by level, example images with their anomaly maps
 
 A folder that holds anything is refused unless --resume (continue it: same answer-shaping settings
@@ -17,12 +18,15 @@ from pathlib import Path
 
 from sage_cli.errors import SageError
 
-RESULTS, SAMPLES, PLOTS = "results.json", "samples.jsonl", "plots"
+RESULTS, SAMPLES, SAMPLES_CSV, PLOTS = "results.json", "samples.jsonl", "samples.csv", "plots"
 RESULTS_FORMAT = "sage-bench/1"
 SAMPLE_FORMAT = "sage-bench-sample/1"
 # Settings that change the answers: a resumed run must keep them (limit and categories may change).
 ANSWER_KEYS = ("format", "root", "backbone", "checkpoint", "shots", "facts", "max_new_tokens", "seed", "judge",
-               "detect_question")
+               "detect_question", "protocol", "grader")
+CSV_COLUMNS = ("group_id", "q", "category", "level", "type", "question", "truth", "answer", "verdict", "verdict_source",
+               "correct", "p_yes", "p_probe", "best_option", "sbert", "new_tokens", "detect_label", "label_source",
+               "detect_score", "map_max", "mle_type", "mle_location", "mle_logic", "mle")
 
 
 def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
@@ -34,7 +38,7 @@ def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     if overwrite:
-        for name in (RESULTS, SAMPLES):
+        for name in (RESULTS, SAMPLES, SAMPLES_CSV):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / PLOTS, ignore_errors=True)
         return
@@ -47,9 +51,28 @@ def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
             raise SageError(f"{out} holds no benchmark run ({RESULTS} and {SAMPLES} missing); choose another --out")
         return
     before = old.get("config") or {}
-    diff = [f"{k} {before.get(k)!r} -> {config.get(k)!r}" for k in ANSWER_KEYS if before.get(k) != config.get(k)]
+    old = {"protocol": "sage", "grader": "text", **before}  # runs from before these settings existed
+    diff = [f"{k} {old.get(k)!r} -> {config.get(k)!r}" for k in ANSWER_KEYS if old.get(k) != config.get(k)]
     if diff:
         raise SageError(f"{out} holds a run with other settings ({', '.join(diff)}); use another --out or --overwrite")
+
+
+def write_samples_csv(folder: Path, samples: list[dict]) -> None:
+    """samples.csv: one row per sample in CSV_COLUMNS (MLE scores flattened; the anomaly map left out)."""
+    import csv
+    import io
+
+    from sage_cli.atomic import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for s in samples:
+        mle = s.get("mle") if isinstance(s.get("mle"), dict) else {}
+        row = {**s, "mle_type": mle.get("type"), "mle_location": mle.get("location"), "mle_logic": mle.get("logic"),
+               "mle": mle.get("mle")}
+        w.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
+    write_text(Path(folder) / SAMPLES_CSV, buf.getvalue())
 
 
 def read_results(folder: Path) -> dict | None:

@@ -9,16 +9,18 @@ A sample (samples.jsonl line)::
 
     {format, group_id, q, category, level, question, truth, answer, verdict, verdict_source, correct,
      p_yes, best_option, sbert, new_tokens, [type, options (MMAD)], [detect_label, detect_score, map_max],
-     [detect_question], [mle {type, location, logic, mle} | {failed}]}
+     [detect_question, label_source], [anomaly_map], [p_probe], [mle {type, location, logic, mle} | {failed}]}
 
-With --detect-question, the detection fields sit on each item's first sample and come from that one
-question (asked after the item's questions, one forward, no decoding), not from the item's own wording.
+Detection: every item whose label is known (`BenchItem.defective`, with its `label_source`) is scored:
+on its own detection question's sample when it has one (P(yes), flipped for "free of defects?"),
+else on its first question's sample from DETECT_QUESTION's P(yes) (one forward, no decoding). With
+--detect-question, that one question is asked of every item instead. The Eq. 1 map's peak (map_max)
+and the map itself (anomaly_map, for pixel metrics: localization.py) sit there too, one-shot.
 
-Verdicts: yes/no questions are read with `verdict.verdict` ("word" or "claim"); when the text gives
-no clear yes/no, P(yes) >= 0.5 decides and verdict_source is "p_yes"; with no P(yes) either the
-answer counts as wrong (verdict null, source "none"). MMAD answers are read with `parse_choice`
-("letter"); an unreadable one is wrong (source "none"); their p_yes is null (the first token's yes/no
-odds say nothing about a letter). SBERT: cosine similarity (all-MiniLM-L6-v2)
+Verdicts: the protocol and grader of grading.py (verdict_source: word, claim, paper, probe, judge,
+p_yes, none); an answer without one counts as wrong. MMAD answers are read with `parse_choice`
+("letter"); an unreadable one is wrong under --protocol sage and dropped under mmad (source "none");
+their p_yes is null (the first token's yes/no odds say nothing about a letter). SBERT: cosine similarity (all-MiniLM-L6-v2)
 of the answer to the top-ranked option; an empty answer scores 0; MMAD has no ranked options (null).
 MLE (with a judge): the judge scores the answer against the top-ranked option with the score recipe's
 rubric; an empty answer gets 1 on every criterion without asking; MMAD items are not judged.
@@ -32,9 +34,11 @@ from pathlib import Path
 
 from sage_cli.bench import rundir
 from sage_cli.bench.items import BenchItem, Loaded
+from sage_cli.bench.localization import map_field, pixel_results
 from sage_cli.errors import SageError
 
 EXAMPLES = 4  # test images shown in plots/examples.png
+DETECT_QUESTION = "Is there any defect on the test object?"  # asked of items without a detection question
 
 
 @dataclass
@@ -60,6 +64,9 @@ class BenchOptions:
     overwrite: bool = False
     strict: bool = False
     detect_question: str | None = None  # AUROC from this one question's P(yes) on every item (items.py)
+    protocol: str = "sage"  # grading.PROTOCOLS
+    grader: str = "text"  # text | probe | an OpenAI-compatible URL (grading.py)
+    grader_model: str | None = None
 
     def config(self, judge_name: str | None = None) -> dict:
         return {"format": self.fmt, "root": str(Path(self.root).resolve()), "backbone": self.backbone,
@@ -67,7 +74,8 @@ class BenchOptions:
                 "shots": self.shots, "facts": str(Path(self.facts).resolve()) if self.facts else None,
                 "max_new_tokens": self.max_new_tokens, "limit": self.limit, "categories": self.categories,
                 "seed": self.seed, "device": self.device, "dtype": self.dtype, "sbert": self.sbert,
-                "judge": judge_name, "detect_question": self.detect_question}
+                "judge": judge_name, "detect_question": self.detect_question, "protocol": self.protocol,
+                "grader": self.grader, "grader_model": self.grader_model}
 
 
 @dataclass
@@ -182,11 +190,12 @@ class BenchJudge:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _detection(defective: bool, polarity: int, p_yes: float | None, map_max: float | None) -> dict:
-    """A sample's detection fields: the label, P(defective) from the question's P(yes) (+1: "is there a
-    defect?", yes = defective; -1: "is it free of defects?", yes = normal), and the training-free
-    detector, the Eq. 1 map's peak (one-shot only)."""
-    out = {"detect_label": defective}
+def _detection(defective: bool, polarity: int, p_yes: float | None, map_max: float | None,
+               source: str | None = None) -> dict:
+    """A sample's detection fields: the label (and how it was found), P(defective) from the question's
+    P(yes) (+1: "is there a defect?", yes = defective; -1: "is it free of defects?", yes = normal), and
+    the training-free detector, the Eq. 1 map's peak (one-shot only)."""
+    out = {"detect_label": defective, "label_source": source}
     if p_yes is not None:
         out["detect_score"] = p_yes if polarity > 0 else 1.0 - p_yes
     if map_max is not None:
@@ -195,10 +204,11 @@ def _detection(defective: bool, polarity: int, p_yes: float | None, map_max: flo
 
 
 def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | None = None,
-            auto_detect: bool = True) -> dict:
+            auto_detect: bool = True, grade=None, p_probe: float | None = None) -> dict:
     """One answered question; `auto_detect`: give the item's own detection question its detection fields
-    (off under --detect-question, whose fields `run_bench` puts on the item's first sample)."""
-    from sage_cli.bench.verdict import parse_choice, verdict
+    (off under --detect-question, whose fields `run_bench` puts on the item's first sample); `grade`:
+    (text, question, p_yes, p_probe) -> (verdict, source) for yes/no questions."""
+    from sage_cli.bench.choice import parse_choice
 
     text = answer.text
     s = {"format": rundir.SAMPLE_FORMAT, "group_id": item.id, "q": bq.q, "category": item.category, "level": bq.level,
@@ -209,16 +219,22 @@ def _sample(item: BenchItem, bq, answer, sbert: float | None, map_max: float | N
         source = "letter" if v is not None else "none"
         p_yes = None  # the first token's yes/no odds say nothing about a letter
     else:
-        v, source = verdict(text, bq.question)
-        if v is None and answer.p_yes is not None:
-            v, source = answer.p_yes >= 0.5, "p_yes"
-        source = source or "none"
+        if grade is None:
+            from sage_cli.bench.grading import grade_yes_no
+
+            def grade(text, question, p, pp):
+                return grade_yes_no(text, question, "sage", "text", p, pp)
+        v, source = grade(text, bq.question, answer.p_yes, p_probe)
     s.update(verdict=v, verdict_source=source, correct=v is not None and v == bq.truth, p_yes=p_yes,
              best_option=bq.best_option, sbert=sbert, new_tokens=answer.new_tokens)
+    if p_probe is not None:
+        s["p_probe"] = p_probe
     if item.kind == "choice":
         s.update(type=bq.type, options=bq.options)
     if auto_detect and bq.detect is not None and (p_yes is not None or map_max is not None):
-        s.update(_detection(bq.truth if bq.detect > 0 else not bq.truth, bq.detect, p_yes, map_max))
+        label = item.defective if item.defective is not None else (bq.truth if bq.detect > 0 else not bq.truth)
+        source = item.label_source if item.defective is not None else f"question:{bq.q}"
+        s.update(_detection(label, bq.detect, p_yes, map_max, source))
     return s
 
 
@@ -262,12 +278,15 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     from sage_cli.bench import metrics
     from sage_cli.data.images import load_rgb
 
+    from sage_cli.bench import grading
+
     note = note or (lambda msg: None)
     t_start = time.perf_counter()
     out = Path(opts.out)
     facts = Facts(opts.facts)  # read before any work: a bad facts file fails at once
     polarity = detect_polarity(opts.detect_question)
     judge = BenchJudge(opts.judge, opts.judge_model) if opts.judge else None
+    llm = grading.LLMGrader(opts.grader, opts.grader_model) if opts.grader.startswith(("http://", "https://")) else None
     config = opts.config(judge.name if judge else None)
     rundir.prepare(out, config, opts.resume, opts.overwrite)
     sbert_model = None
@@ -277,6 +296,12 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         sbert_model = SBert.load()
     if judge is not None:
         judge.prepare(sbert_model)  # the endpoint check, before anything is written
+    if llm is not None:
+        llm.prepare()
+        config["grader_model"] = llm.endpoint.model
+
+    def grade(text, question, p_yes, p_probe):
+        return grading.grade_yes_no(text, question, opts.protocol, opts.grader, p_yes, p_probe, llm)
     out.mkdir(parents=True, exist_ok=True)
     samples_path = out / rundir.SAMPLES
     done = rundir.read_samples(samples_path) if opts.resume else {}
@@ -320,7 +345,11 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         t0 = time.perf_counter()
         prefix = eng.encode(test_img, ref_img, facts(item.path(item.test_image)))
         t1 = time.perf_counter()
-        answers = eng.answer_group(prefix, [bq.prompt for bq in todo], max_new_tokens=opts.max_new_tokens)
+        prompts = [grading.prompt(bq.prompt, opts.protocol) for bq in todo]
+        answers = eng.answer_group(prefix, prompts, max_new_tokens=opts.max_new_tokens)
+        probes = [None] * len(todo)
+        if opts.grader == "probe" and item.kind == "yesno":
+            probes = [eng.p_yes(prefix, bq.prompt + grading.PROBE_SUFFIX) for bq in todo]
         t2 = time.perf_counter()
         timing.items += 1
         timing.encode_s += t1 - t0
@@ -330,11 +359,11 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         sims = _sbert_scores(sbert_model, item, todo, answers)
         amap = eng.anomaly(prefix)
         peak = amap["max"] if amap else None
-        recs = [_sample(item, bq, a, s, peak, auto_detect=polarity is None) for bq, a, s in zip(todo, answers, sims)]
-        if polarity is not None and item.defective is not None:  # --detect-question: on the first sample
-            p = eng.p_yes(prefix, opts.detect_question)
-            if p is not None or peak is not None:
-                recs[0].update(detect_question=opts.detect_question, **_detection(item.defective, polarity, p, peak))
+        recs = [_sample(item, bq, a, s, peak, auto_detect=polarity is None, grade=grade, p_probe=pp)
+                for bq, a, s, pp in zip(todo, answers, sims, probes)]
+        _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, polarity)
+        if amap is not None and recs[0]["q"] == item.questions[0].q:
+            recs[0]["anomaly_map"] = map_field(amap)
         if judge is not None:
             mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
             for r in recs:
@@ -353,6 +382,7 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     samples = [done[k] for k in keys if k in done]
     if not samples:
         raise SageError(f"no question could be answered ({unreadable[0] if unreadable else 'no items'})")
+    rundir.write_samples_csv(out, samples)
     if opts.plots and len(examples) < EXAMPLES:
         examples += _more_examples(loaded.items, done, {e["id"] for e in examples}, EXAMPLES - len(examples),
                                    get_engine, facts)
@@ -373,11 +403,19 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     sources: dict[str, int] = {}
     for s in samples:
         sources[s["verdict_source"]] = sources.get(s["verdict_source"], 0) + 1
+    unlabelled = sum(1 for it in loaded.items if it.kind == "yesno" and it.defective is None)
+    if unlabelled:
+        notes.append(f"{unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
+                     "whether the part is defective); left out of AUROC")
+    summary = metrics.summarize(samples, with_types=opts.fmt == "mmad", protocol=opts.protocol)
+    summary["pixel"] = pixel_results(loaded.items, samples)
     results = {
         **base,
+        "protocol": opts.protocol,
+        "grader": opts.grader if opts.protocol != "paper" else "paper",
         "status": "done" if len(samples) == len(keys) else "partial",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "metrics": metrics.summarize(samples, with_types=opts.fmt == "mmad"),
+        "metrics": summary,
         "counts": {"groups": len({s["group_id"] for s in samples}), "questions": len(samples),
                    "questions_selected": len(keys), "answered_this_run": answered,
                    "from_earlier_runs": len(samples) - answered, "no_reference": loaded.no_reference,
@@ -392,6 +430,21 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         results["plots"] = _plots(out, opts, results, examples, note)
     rundir.write_results(out, results)
     return Outcome(results, samples, examples, notes)
+
+
+def _detect_fallback(item: BenchItem, recs: list[dict], eng, prefix, peak, question: str | None,
+                     polarity: int | None) -> None:
+    """Detection fields for an item whose own questions gave none (or every item under --detect-question):
+    that question's P(yes), or DETECT_QUESTION's, on the item's first question's sample."""
+    if item.defective is None or item.kind != "yesno" or recs[0]["q"] != item.questions[0].q:
+        return
+    if question is None:
+        if any(bq.detect is not None for bq in item.questions):
+            return  # the item's own detection question carries them
+        question, polarity = DETECT_QUESTION, +1
+    p = eng.p_yes(prefix, question)
+    if p is not None or peak is not None:
+        recs[0].update(detect_question=question, **_detection(item.defective, polarity, p, peak, item.label_source))
 
 
 def _more_examples(items, done, have: set, n: int, get_engine, facts) -> list[dict]:

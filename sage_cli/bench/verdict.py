@@ -1,225 +1,433 @@
-"""Reading a verdict out of free text: yes/no for the QA formats, an option letter for MMAD.
+"""Reading a yes/no verdict out of a free-text answer, as the answer to the question asked.
 
-Yes/no (`parse_yes_no`), in order:
+`verdict(text, question)` returns (True/False/None, how) and reads, in order:
 
-1. an explicit word at the start ("Yes — a scratch", "No, the part looks normal", "True.", "Negative."),
-   except a "No" that begins a statement ("No defects found" is step 4);
-2. "the answer is yes" / "answer: no" anywhere;
-3. a hedge ("I cannot tell", "not sure", "unclear") → no verdict, even if a defect is named after it;
-4. a statement about the part ("There is a defect on the rim", "Defect present" → yes; "The surface is
-   free of defects", "Not defective", "no defects found" → no): the earliest such statement wins;
-5. a lone yes-word or no-word elsewhere in the text, if only one kind occurs;
-otherwise None.
+1. ``word``: an explicit verdict at the start ("Yes — a scratch", "No, it looks normal", "True.",
+   "Definitely not.", "**Answer:** No") or anywhere as "the answer is no". A "No" or "Not" that begins a
+   statement ("No defects found", "Not defective") is a statement (step 3). "Yes and no" is no verdict.
+2. A hedge ("I cannot tell", "hard to say", "unclear") drops its clause; an answer of hedges only has
+   no verdict.
+3. ``claim``: the answer's statements, read as the answer to the question's kind (`asks.ask`):
+   the text is cut into clauses (sentences, then at "but", "while", "although", ...), and clauses about
+   the reference alone ("The reference is normal, but ...") are dropped. In each clause every defect
+   word and state word is read with its negation (`lexicon.negated`: "no scratch", "I do not see any
+   defects", "not without flaws", "Defect: none"), giving what is present and what is absent:
+   * presence / normal: a defect said to be present wins over "looks normal" elsewhere ("looks normal
+     but has a small crack"); the verdict is flipped for a question whose yes means normal;
+   * type: the kind asked is said (yes), denied ("a scratch, not a crack": no), or another kind is
+     said instead (no); "no defect at all" is no;
+   * location: the place said for the defect agrees with the place asked (yes) or lies elsewhere on the
+     same axis or off it (no: "on the left side" to "on the right side?");
+   * other (consequences, causes): consequence verbs read with their negation ("could lead to leakage":
+     yes; "will not affect function", "purely cosmetic": no), concessive clauses counting half.
+4. ``word``: a lone yes/no word elsewhere ("Based on the image, no."), if only one kind occurs.
+Otherwise (None, None): the caller decides (P(yes), a probe or a judge: `grading.py`).
 
-A statement (step 4) says whether the part has a defect, not what the answer to the question is. Without
-the question (`parse_yes_no`) it is read as the answer to "is there a defect?". `verdict(text, question)`
-also reads the question: when its "yes" means *normal* ("Is it free of defects?", "Can it be released?",
-"Is it consistent with the reference?"), a statement's verdict is flipped, so "The surface is free of
-defects" answers "Is it free of defects?" with yes. Explicit words (steps 1, 2, 5) are never flipped:
-the QA `answer` field is the truth of the question as asked, and "No" means no.
+The rules are measured on tests/data/verdict_corpus.jsonl (test_bench_verdict.py lists the misses).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+
+from sage_cli.bench import lexicon as lx
+from sage_cli.bench.asks import Ask, ask, asks_normal, detection_polarity  # noqa: F401  (re-exported)
 
 YES, NO = True, False
 
-_YES_WORDS = r"yes|yeah|yep|true|correct|affirmative|positive"
-_NO_WORDS = r"no|nope|false|incorrect|negative"
+_LEAD = re.compile(r"^(?:\s|[*_`#>\"'(\[\-])*(?:(?:my\s+|final\s+|short\s+)?(?:answer|verdict|response|conclusion|"
+                   r"result|a)\s*(?:\*\*)?\s*[:\-]\s*(?:\*\*)?)?(?:\s|[*_`\"'(\[])*")
+_YES_LEAD = {"yes", "yeah", "yep", "yup", "true", "correct", "affirmative", "positive", "indeed", "absolutely",
+             "certainly", "definitely", "right"}  # not "sure": "Sure! Here is some information" is politeness
+_NO_LEAD = {"no", "nope", "nah", "false", "incorrect", "negative", "wrong"}
+_ADVERB_LEAD = {"indeed", "absolutely", "certainly", "definitely", "sure", "right", "correct", "wrong", "positive",
+                "negative"}  # a verdict only when the word stands alone ("Definitely." / "Definitely not.")
+_NOT_PHRASES = ("not at all", "not really", "of course not", "no way", "absolutely not", "definitely not",
+                "certainly not", "surely not", "not quite", "not in the least", "not entirely", "not completely",
+                "not fully", "probably not", "likely not", "most likely not", "i do not think so",
+                "i do not believe so", "i would say no", "i would say not", "i doubt it", "unlikely.")
+_YES_PHRASES = ("i think so", "i believe so", "i would say yes", "probably yes", "likely yes", "most likely yes",
+                "most likely, yes", "likely, yes", "probably, yes", "of course", "yes indeed")
+# "It doesn't.", "Sure does.", "They are not.": a short answer that echoes the question's verb.
+_AUX_ECHO = re.compile(r"^(?:(?:sure|it|they|this|that|there|he|she|yes it|no it)\s+)?(?:is|are|does|do|did|has|have|"
+                       r"can|will|would|could|should|was|were)(\s+not)?\s*[.!]*$")
+# "A. Yes / B. No" options inside the question, answered by a letter.
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?([a-e])[.)]\s*(yes|no|true|false)\b")
+_ANSWER_IS = re.compile(r"\b(?:answer|verdict)\s*(?:is|would be|:)\s*[\"'*(]*(yes|no|true|false)\b")
+_HEDGE = re.compile(
+    r"\b(?:can not|unable to|impossible to|hard to|difficult to|not possible to)\s+(?:\w+\s+)?(?:tell|determine|say|"
+    r"judge|decide|assess|confirm|conclude|verify|be sure|be certain|evaluate|identify whether|know|distinguish|"
+    r"differentiate|discern|tell apart)\b"
+    r"|\bnot (?:sure|certain|clear|determinable)\b|\bunclear\b|\bunsure\b|\buncertain\b|\binconclusive\b"
+    r"|\bi do not know\b|\bno way to (?:tell|know)\b|\binsufficient\b|\bnot enough (?:information|detail)\b"
+    r"|\bcan not be (?:determined|assessed|judged|confirmed)\b|\btoo (?:blurry|dark|small|low)\b"
+    r"|\bneed more (?:details|information|context)\b|\bplease (?:provide|specify|clarify)\b|\bcan you (?:specify|clarify)\b")
+_CONTRAST = {"but", "however", "whereas", "while", "although", "though", "yet", "except", "nevertheless",
+             "nonetheless", "still"}
+_CONCESSIVE = {"although", "though", "while", "despite", "even"}
+_SENTENCE_END = {".", "!", "?", ";"}
+_TEST_WORDS = {"test", "this", "it", "its", "both", "identical", "same", "differs", "different", "difference",
+               "differences", "compared", "unlike", "than", "two", "images", "match", "matches", "object", "part"}
+_SEEN = {"present", "found", "detected", "visible", "observed", "seen", "evident", "apparent", "noticeable",
+         "identified", "noted", "spotted", "exist", "exists"}
+_POST_NEG = {"none", "nowhere", "n/a", "nil"}
+_POST_SKIP = {":", "-", "is", "are", "was", "were", "be", "been", "being", "a", "an", "any", "at", "all", "can", "could",
+              "be", "found", "detected", "visible", "observed", "seen", "present", "apparent", "evident"}
+_CONSEQ = {"lead", "leads", "leading", "cause", "causes", "causing", "result", "results", "affect", "affects",
+           "affecting", "compromise", "compromises", "weaken", "weakens", "reduce", "reduces", "impair", "impairs",
+           "degrade", "degrades", "shorten", "shortens", "spoil", "spoils", "harm", "harms", "leak", "leaks",
+           "fail", "fails", "allow", "allows", "create", "creates", "increase", "increases", "worsen", "worsens",
+           "spread", "spreads", "require", "requires", "need", "needs", "risk", "risks", "jeopardize", "interfere",
+           "interferes", "hinder", "hinders", "prevent", "prevents", "block", "blocks", "break", "impact",
+           "impacts", "damage", "expose", "exposes", "endanger", "matter", "matters", "likely", "probably",
+           "suggests", "indicates", "consistent", "points", "due", "caused", "stems", "originates", "from",
+           "significant", "serious", "critical", "functional", "problematic"}
+_CONSEQ_STEMS = {"affec", "compr", "weake", "reduc", "impai", "degra", "short", "spoil", "harm", "leak", "leaka",
+                 "failu", "allow", "creat", "incre", "worse", "sprea", "requi", "risk", "jeopa", "inter", "hinde",
+                 "preve", "block", "impac", "damag", "expos", "endan", "cause", "causi", "lead", "leads", "remov",
+                 "repai", "fixab", "fixed", "notic", "indic", "sugge", "point", "stems", "origi"}
+_COMPARATIVE_GOOD = {"same", "identical", "consistent", "match", "matches", "matching", "expected", "correct",
+                     "complete", "proper", "properly", "regular", "sound", "pass", "ship", "release", "even", "fit"}
+_BESIDE_PART = {"lighting", "background", "shadow", "shadows", "reflection", "reflections", "glare", "exposure",
+                "camera", "orientation", "rotation", "angle", "illumination", "brightness", "photo", "backdrop"}
+_SEARCH = re.compile(r"\b(?:looked|look|looking|checked|check|checking|searched|search|searching|inspected|scanned)\s+"
+                     r"(?:\w+\s+)?for\b")
+_WEAK = {"could", "might", "may", "maybe", "perhaps", "possibly", "possible", "either"}
+_AT = {"on", "at", "in", "near", "along", "around", "inside", "to"}
+_NOT_NOUN = {"of", "is", "are", "was", "and", "but", "not", "with", "in", "on", "at", "to", "which", "that"}
+_PART_STEMS = {"part", "objec", "image"}
+_CANONICAL_PLACES = {"top", "bottom", "left", "right", "center", "edge", "corner"}
+_NO_CONSEQ = {"cosmetic", "superficial", "harmless", "negligible", "unlikely", "insignificant", "irrelevant",
+              "unaffected", "safe"}
 
-# "Answer:", "A:", "Final answer -", markdown emphasis and quotes before the verdict word.
-_LEAD = re.compile(r"^(?:\s|[*_`#>\"'(\[])*(?:(?:final\s+)?(?:answer|verdict|response|a)\s*[:\-]\s*)?(?:\s|[*_`\"'(\[])*")
-_FIRST = re.compile(rf"^(?:(?P<yes>{_YES_WORDS})|(?P<no>{_NO_WORDS}))\b(?!-)")
-_ANSWER_IS = re.compile(rf"\banswer\s*(?:is|would be|:)\s*[\"'*(]*(?:(?P<yes>{_YES_WORDS})|(?P<no>{_NO_WORDS}))\b")
-_HEDGE = re.compile(r"\b(?:can ?not|can't|cannot|unable to|impossible to|hard to|difficult to)\s+(?:tell|say|determine|"
-                    r"judge|decide|see|assess)|\bnot (?:sure|certain|clear)\b|\bunclear\b|\bunsure\b|"
-                    r"\bundetermin|\binconclusive\b|\bi don'?t know\b")
 
-_DEFECT = ("(?:defects?|anomal(?:y|ies)|flaws?|damages?|faults?|scratch(?:es)?|cracks?|dents?|holes?|stains?|"
-           "contaminations?|breaks?|chips?|tears?|cuts?|spots?|marks?|discolou?rations?|deformations?|"
-           "irregularit(?:y|ies)|abnormalit(?:y|ies)|problems?|issues?)")
-_BAD = r"(?:defective|damaged|broken|abnormal|anomalous|cracked|scratched|dented|stained|contaminated|faulty|flawed)"
-_GOOD = r"(?:normal|intact|flawless|fine|perfect|good|acceptable|clean|undamaged|defect-free|defect free)"
-_NOT = r"(?:not|never|isn't|aren't|doesn't|don't)"
-_MAYBE_WORD = rf"(?:(?!{_NOT}\b)\w+\s+)?"  # one optional adverb ("looks perfectly normal"), never a negation
-
-_ABSENT = re.compile(
-    rf"\bno\s+(?:\w+\s+){{0,2}}?{_DEFECT}\b"  # "no defects", "no visible scratch", "no obvious surface damage"
-    rf"|\b{_NOT}\s+(?:\w+\s+)?{_BAD}"  # "not defective", "not visibly damaged"
-    rf"|\bnon-?{_BAD}"
-    rf"|\bfree\s+(?:of|from)\b|\bdefect[- ]free\b|\bwithout\s+(?:any\s+)?(?:\w+\s+)?{_DEFECT}\b"
-    rf"|\b(?:is|are|looks?|appears?|seems?|remains?)\s+{_MAYBE_WORD}{_GOOD}\b"
-    rf"|\bnothing\s+(?:is\s+)?(?:wrong|abnormal|unusual|anomalous)"
-    rf"|\b(?:does|do|did)\s*n[o']t\s+(?:\w+\s+)?(?:have|show|contain|exhibit|display)\b"
-    rf"|\bthere\s+(?:is|are)\s+no\b|\b(?:found|detected|see|saw)\s+no\b|\bnone\b"
-    rf"|\b(?:is|are|looks?|appears?)\s+as\s+(?:it|they)\s+should\b"
-    rf"|^{_GOOD}\b"
-)
-_PRESENT = re.compile(
-    rf"\b{_DEFECT}\s+(?:is\s+|are\s+)?(?:present|found|detected|visible|exists?|observed|identified|seen)\b"
-    rf"|\bthere\s+(?:is|are|appears? to be|seems? to be)\s+(?!no\b)(?:\w+\s+){{0,3}}?{_DEFECT}\b"
-    rf"|\b(?:is|are|looks?|appears?|seems?)\s+{_MAYBE_WORD}{_BAD}"
-    rf"|\b{_NOT}\s+{_GOOD}\b"  # "not normal"
-    rf"|\b(?:has|have|shows?|contains?|exhibits?|displays?)\s+(?:a|an|some|one|two|several|visible|clear)\s+(?:\w+\s+){{0,2}}?{_DEFECT}\b"
-    rf"|^(?:a|an|one|the)?\s*(?:\w+\s+)?{_DEFECT}\b"  # a bare noun phrase: "Defect present", "A scratch on the rim"
-    rf"|^{_BAD}\b|\b(?:a|an)\s+(?:\w+\s+)?{_BAD}\s+\w+"  # "a defective hazelnut"
-    rf"|\bsomething\s+(?:is\s+)?wrong\b|\b{_NOT}\s+as\s+(?:it|they)\s+should\b"
-)
-# "No defects found", "No visible damage": a statement about the part, not the word "No".
-_NO_NOUN = re.compile(rf"^no\s+(?:\w+\s+){{0,2}}?{_DEFECT}\b")
-_YES_ANY = re.compile(r"\b(?:yes|true)\b")  # elsewhere in a sentence only the plain words count
-_NO_ANY = re.compile(r"\b(?:no|false)\b")
-
-# Questions whose "yes" means the part is normal: a statement about the part answers them the other way.
-_ASKS_NORMAL = re.compile(
-    r"\bfree\s+(?:of|from)\b|\bdefect[- ]free\b|\bsame\s+as\b|\bconsistent\s+with\b"
-    rf"|\bwithout\s+(?:any\s+)?(?:\w+\s+)?(?:{_DEFECT}|rework)\b"
-    r"|\bas\s+(?:it|they)\s+should\b|\bas\s+intact\b|\bintact\b|\bpass\b|\breleased?\b|\bfit\s+to\b"
-    r"|\b(?:look|looks|is|are)\s+(?:\w+\s+)?(?:normal|flawless|acceptable|undamaged)\b|\bin\s+good\s+condition\b"
-)
-# Questions whose "yes" means the part has a defect: the ones a detection score can be read from.
-_ASKS_DEFECT = re.compile(
-    rf"\b(?:any|a|an)\s+(?:\w+\s+)?{_DEFECT}\b|\bdefective\b|\banything\s+wrong\b|\babnormal\b|\banomalous\b|\bdamaged\b"
-)
+@dataclass
+class _Clause:
+    tokens: list[str]
+    concessive: bool = False
+    present: list[str | None] = field(default_factory=list)  # kinds said present (None: a generic defect)
+    absent: list[str | None] = field(default_factory=list)  # kinds said absent (None: generic: "looks normal")
+    places: set[str] = field(default_factory=set)
+    not_places: set[str] = field(default_factory=set)
+    leans: list[bool] = field(default_factory=list)
+    parts: set[str] = field(default_factory=set)  # "on the thread"
+    not_parts: set[str] = field(default_factory=set)
+    stems: list[tuple[str, bool]] = field(default_factory=list)  # (first 5 letters, negated) of every word
+    hedge: bool = False
 
 
-def _norm(text: str | None) -> str:
-    t = (text or "").strip().lower()
-    for a, b in (("\u2019", "'"), ("\u2018", "'"), ("\u201c", '"'), ("\u201d", '"'), ("\u2014", " - "), ("\u2013", " - ")):
-        t = t.replace(a, b)
-    return " ".join(t.split())
+def _strip_lead(t: str) -> str:
+    return _LEAD.sub("", t, count=1)
+
+
+def _strip_echo(t: str) -> str:
+    """ "A hole? No - it is a spot": a short echo of the question before the verdict is left out."""
+    m = re.match(r"^[^.?!]{1,40}\?\s*", t)
+    return t[m.end():] if m and m.end() < len(t) else t
 
 
 def explicit_yes_no(text: str | None) -> bool | None:
-    """Steps 1 and 2 only: a yes/no word leading the text or after "answer is"; never statements."""
-    t = _norm(text)
+    """Step 1 only: a verdict word leading the text, or "the answer is ..." anywhere; never statements."""
+    t = lx.norm(text)
     if not t:
         return None
-    lead = _LEAD.sub("", t, count=1)
-    m = _FIRST.match(lead)
-    if m and not _NO_NOUN.match(lead):
-        return YES if m.group("yes") else NO
+    lead = _strip_lead(_strip_echo(_strip_lead(t)))
+    toks = lx.words(lead)
+    if toks:
+        m = _AUX_ECHO.match(lead)
+        if m:
+            return NO if m.group(1) else YES
+        if lead.startswith(_NOT_PHRASES):
+            return NO
+        if lead.startswith(_YES_PHRASES):
+            return YES
+        first, nxt = toks[0], (toks[1] if len(toks) > 1 else "")
+        if first == "yes" and nxt == "and" and "no" in toks[2:4]:
+            return None  # "yes and no"
+        if first in _YES_LEAD and not (first in _ADVERB_LEAD and nxt not in ("", ".", ",", "!", ";", ":", "-")):
+            if not (first in _ADVERB_LEAD and nxt == "not"):
+                return YES
+        if first in _NO_LEAD and not (first in _ADVERB_LEAD and nxt not in ("", ".", ",", "!", ";", ":", "-")):
+            if first != "no" or nxt in ("", ".", ",", "!", ";", ":", "-", "it", "the", "this", "that", "there", "i",
+                                        "they", "its", "we", "not", "because", "as", "since", "sir", "definitely"):
+                return NO
     m = _ANSWER_IS.search(t)
     if m:
-        return YES if m.group("yes") else NO
+        return YES if m.group(1) in ("yes", "true") else NO
+    return None
+
+
+def _clauses(text: str) -> list[_Clause]:
+    """Sentences cut at contrast words; hedges, searches ("I looked for cuts") and clauses about the
+    reference alone left out."""
+    out: list[_Clause] = []
+    cur: list[str] = []
+    concessive = False
+
+    def close():
+        nonlocal cur, concessive
+        if cur:
+            out.append(_Clause(cur, concessive))
+        cur, concessive = [], False
+
+    for w in lx.words(text):
+        if w in _SENTENCE_END:
+            cur.append(w)
+            close()
+        elif w in _CONTRAST and cur and cur[-1] not in ("even",):
+            close()
+            concessive = w in _CONCESSIVE
+        else:
+            if not cur and w in _CONCESSIVE:
+                concessive = True
+            cur.append(w)
+            if cur[-3:] in (["at", "first", "glance"], ["at", "first", "sight"]) or cur[-1] == "initially":
+                concessive = True  # "At first glance there seems to be a spot, but ..."
+    close()
+    kept = []
+    for c in out:
+        joined = " ".join(c.tokens)
+        if _HEDGE.search(joined):
+            c.hedge = True
+        elif _SEARCH.search(joined):
+            continue
+        elif _about_reference(c.tokens):
+            continue
+        kept.append(c)
+    return kept
+
+
+def _about_reference(toks: list[str]) -> bool:
+    """A clause whose subject is the reference ("The reference is normal", "In the reference image, ...")."""
+    head = toks[:4]
+    return any(w in ("reference", "template") for w in head) and "test" not in toks
+
+
+def _post_negated(toks: list[str], i: int) -> bool:
+    """Negation after the word: "Defect: none", "defects: not found", "Anomaly: no"."""
+    for j in range(i + 1, min(len(toks), i + 5)):
+        w = toks[j]
+        if w in _POST_NEG or (w == "no" and (toks[j - 1] == ":" or j + 1 == len(toks) or toks[j + 1] in ".,;!")):
+            return True
+        if w == "not" and j + 1 < len(toks) and (toks[j + 1] in _SEEN or toks[j + 1] in ("be", "been", "necessary",
+                                                                                            "needed", "required")):
+            return True
+        if w not in _POST_SKIP:
+            return False
+    return False
+
+
+def _read_clause(c: _Clause) -> None:
+    toks = c.tokens
+    beside = bool(set(toks) & _BESIDE_PART)  # "the only thing unusual is the lighting"
+    for i, w in enumerate(toks):
+        kind = lx.type_of(toks, i)
+        generic = w in lx.GENERIC
+        if kind is not None or generic:
+            if set(toks[max(0, i - 2): i]) & lx.ORDINARY:
+                continue  # "natural spots", "normal texture marks"
+            neg = lx.negated(toks, i) != _post_negated(toks, i)
+            if not neg and beside:
+                continue
+            (c.absent if neg else c.present).append(kind)
+        elif w in lx.GOOD:
+            if w in _COMPARATIVE_GOOD and not _about_part(toks, i):
+                continue
+            (c.present if lx.negated(toks, i) else c.absent).append(None)
+        elif w in ("none", "nothing") and (i == 0 or toks[i - 1] in ("is", "are", "found", "see", "saw", "detected")):
+            c.absent.append(None)  # "None.", "None that I can see.", "There is nothing."
+        if w in lx.PLACE_WORDS or w == "side":
+            (c.not_places if lx.negated(toks, i, reach=4) else c.places).update(lx.places([w]))
+        elif i > 1 and toks[i - 1] in ("the", "its") and toks[i - 2] in _AT and w[:1].isalpha():
+            phrase = " ".join([w] + [x for x in toks[i + 1: i + 2] if x[:1].isalpha() and x not in _NOT_NOUN])
+            if not set(phrase.split()) & (lx.PLACE_WORDS | {"half", "side", "part", "area", "region"}):
+                (c.not_parts if lx.negated(toks, i, reach=4) else c.parts).add(phrase)
+        stem = w[:5]
+        if stem in _CONSEQ_STEMS or w in _CONSEQ:
+            c.leans.append(not lx.negated(toks, i) and not _post_negated(toks, i))
+        elif w in _NO_CONSEQ:
+            c.leans.append(lx.negated(toks, i))
+        c.stems.append((stem, lx.negated(toks, i) != _post_negated(toks, i)))
+    if "corner" in c.places:
+        c.places.add("edge")
+
+
+def _about_part(toks: list[str], i: int) -> bool:
+    """A comparison word used of the part ("identical to the reference", "looks the same"), not of
+    something else ("the same colour as a crack")."""
+    near = toks[max(0, i - 4): i + 4]
+    return any(w in near for w in ("reference", "template", "normal", "images", "both", "looks", "look", "appears",
+                                   "is", "are", "seems", "pass", "passes", "can", "be", "to", "they", "them"))
+
+
+def _presence(clauses: list[_Clause]) -> bool | None:
+    """True if a defect is said to be present anywhere (it wins over "looks normal"), False if only absence."""
+    main = [c for c in clauses if not c.concessive]
+    for group in (main, clauses):  # a concession ("at first glance a spot, but ...") gives way to the main claim
+        if any(c.present for c in group):
+            return True
+        if any(c.absent for c in group):
+            return False
+    return None
+
+
+def _type(clauses: list[_Clause], asked: frozenset[str]) -> bool | None:
+    """Decided by the last clause that names a kind ("looks like a crack at first, but it is a scratch")."""
+    named = [c for c in clauses if any(k is not None for k in c.present + c.absent)]
+    if named:
+        last = [c for c in named if not c.concessive][-1:] or named[-1:]
+        said = {k for k in last[0].present if k is not None}
+        denied = {k for c in named for k in c.absent if k is not None}
+        said_anywhere = {k for c in named for k in c.present if k is not None}
+        if asked & denied and not asked & said:
+            return NO
+        if asked & said:
+            return YES
+        if said:
+            return NO  # another kind of defect
+        if asked & said_anywhere:
+            return YES
+    if any(None in c.absent for c in clauses) and not any(c.present for c in clauses):
+        return NO  # no defect at all
+    return None
+
+
+def _location(clauses: list[_Clause], asked: frozenset[str]) -> bool | None:
+    places, parts = asked & _CANONICAL_PLACES, asked - _CANONICAL_PLACES
+    if parts:
+        v = _parts_agree(parts, {p for c in clauses for p in c.parts}, {p for c in clauses for p in c.not_parts})
+        if v is not None or not places:
+            return v
+    said = set().union(*(c.places for c in clauses if c.present)) if any(c.present for c in clauses) else set()
+    said = said or set().union(set(), *(c.places for c in clauses))
+    denied = set().union(set(), *(c.not_places for c in clauses))
+    if (places & denied and not places & said) or (places and places <= denied):
+        return NO  # "..., not the upper right"
+    agree = lx.places_agree(set(places), said) if places else None
+    if agree is not None:
+        return agree
+    if _presence(clauses) is False:
+        return NO  # nothing there, so nothing on the right
+    return None
+
+
+def _parts_agree(asked: frozenset[str], said: set[str], denied: set[str]) -> bool | None:
+    """Part names: "on the screw head?" - "along the shank, not on the head" (no); "on the blue wire?" -
+    "on the green-yellow wire" (no: same part, other modifier)."""
+    def hit(phrases):
+        return any(set(a.split()) <= set(p.split()) or a.split()[-1] == p.split()[0] for a in asked for p in phrases)
+
+    if hit(denied) and not hit(said):
+        return NO
+    if hit(said):
+        return YES
+    if said:
+        return NO
+    return None
+
+
+def _other(clauses: list[_Clause], a: Ask) -> bool | None:
+    """Consequences and causes: the question's own words echoed in the answer, then consequence verbs."""
+    score = 0.0
+    for c in clauses:
+        w = 0.5 if c.concessive else 1.0
+        for stem, neg in c.stems:
+            if stem in a.keys and neg:
+                score -= 2 * w  # "scrapping is not necessary", "rather than by manufacturing"
+    bad = 0.0
+    for c in clauses:
+        for lean in c.leans:
+            bad += (0.5 if c.concessive else 1.0) * (1 if lean else -1)
+    if score:
+        return NO
+    if bad:
+        return (bad < 0) if a.good else (bad > 0)
+    p = _presence(clauses)
+    if p is not None:
+        return (not p) if a.good else (NO if p is False else None)
     return None
 
 
 def defect_claim(text: str | None) -> bool | None:
-    """Step 4: True if the text says the part has a defect, False if it says it has none, None if neither."""
-    t = _norm(text)
-    if not t:
-        return None
-    t = _LEAD.sub("", t, count=1)
-    absent, present = _ABSENT.search(t), _PRESENT.search(t)
-    if absent and (not present or absent.start() <= present.start()):
-        return False
-    if present:
-        return True
-    return None
+    """True if the text says the part has a defect, False if it says it has none, None if neither."""
+    return _presence([c for c in _read(text) if not c.hedge])
+
+
+def _read(text: str | None) -> list[_Clause]:
+    clauses = _clauses(_strip_lead(lx.norm(text)))
+    for c in clauses:
+        _read_clause(c)
+    return clauses
 
 
 def _lone_word(t: str) -> bool | None:
-    yes, no = bool(_YES_ANY.search(t)), bool(_NO_ANY.search(t))
+    toks = lx.words(t)
+    yes = any(w in ("yes", "true") for w in toks)
+    no = any(w in ("no", "false") and (i + 1 == len(toks) or toks[i + 1] in (".", ",", "!", ";", ":"))
+             for i, w in enumerate(toks))
     if yes != no:
         return YES if yes else NO
     return None
 
 
-def parse_yes_no(text: str | None) -> bool | None:
-    """The answer's yes/no (True/False), or None when the text gives no clear one; see the module doc."""
-    return verdict(text)[0]
+def _option_letter(t: str, question: str | None) -> bool | None:
+    """ "A" to a question that lists "A. Yes / B. No"."""
+    if not question:
+        return None
+    opts = {k: v in ("yes", "true") for k, v in _OPTION_LINE.findall(question.lower())}
+    m = re.match(r"^\W*([a-e])\W*$|^\W*(?:the answer is|answer:)\s*\(?([a-e])\b", t)
+    letter = (m.group(1) or m.group(2)) if m else None
+    return opts.get(letter) if letter else None
 
 
 def verdict(text: str | None, question: str | None = None) -> tuple[bool | None, str | None]:
-    """(yes/no or None, how it was read: "word" | "claim" | None). `question` flips statements (module doc)."""
-    t = _norm(text)
+    """(yes/no or None, "word" | "claim" | None): the answer's verdict on `question` (module doc)."""
+    t = lx.norm(text)
     if not t:
         return None, None
+    v = _option_letter(t, question)
+    if v is not None:
+        return v, "word"
     v = explicit_yes_no(t)
     if v is not None:
         return v, "word"
-    if _HEDGE.search(t):
+    if re.match(r"^(?:\W)*yes\s+and\s+no\b", _strip_lead(t)):
         return None, None
-    claim = defect_claim(t)
-    if claim is not None:
-        return (not claim if asks_normal(question) else claim), "claim"
+    read = _read(t)
+    clauses = [c for c in read if not c.hedge]
+    if len(clauses) < len(read):  # "Hard to be certain, but I don't think so."
+        for c in clauses:
+            v = explicit_yes_no(" ".join(c.tokens))
+            if v is not None:
+                return v, "word"
+    if len(clauses) < len(read) and all(set(c.tokens) & _WEAK for c in clauses if c.present or c.absent):
+        return None, None  # "Could be a crack; I can't tell at this resolution."
+    a = ask(question)
+    if a.kind == "type":
+        v = _type(clauses, a.types)
+    elif a.kind == "location":
+        v = _location(clauses, a.places)
+    elif a.kind == "other":
+        v = _other(clauses, a)
+        if v is None and question is None:
+            v = _presence(clauses)  # no question: read as "is there a defect?"
+    else:
+        v = _presence(clauses)
+        if a.kind == "presence" and a.keys:
+            for c in clauses:  # "Does it need to be scrapped?" - "scrapping is not necessary"
+                if any(stem in a.keys and neg and stem not in _PART_STEMS for stem, neg in c.stems):
+                    v = False
+        if v is not None and a.kind == "normal":
+            v = not v
+    if v is not None:
+        return v, "claim"
+    if not clauses and len(read):
+        return None, None
     v = _lone_word(t)
     return (v, "word") if v is not None else (None, None)
 
 
-def asks_normal(question: str | None) -> bool:
-    """Whether "yes" to `question` means the part is normal ("Is it free of defects?")."""
-    return bool(question) and bool(_ASKS_NORMAL.search(_norm(question)))
-
-
-def detection_polarity(question: str) -> int | None:
-    """+1 if "yes" means defective ("Is there any defect?"), -1 if it means normal ("Is it free of
-    defects?"), None if the question is not about whether the part is defective at all."""
-    if asks_normal(question):
-        return -1
-    if _ASKS_DEFECT.search(_norm(question)):
-        return +1
-    return None
-
-
-# ------------------------------------------------------------------------------------------- MMAD letters
-
-_LETTER_ONLY = re.compile(r"^[\s*_`\"'(\[]*([a-z])[\s*_`\"')\].:]*$", re.IGNORECASE)
-_LETTER_LEAD = re.compile(r"^[\s*_`\"'(\[]*(?:(?:final\s+)?(?:answer|option|choice)\s*[:\-]?\s*)?[(\[]?([a-z])\s*[).:\]]",
-                          re.IGNORECASE)
-_LETTER_SAID = re.compile(r"\b(?:answer|option|choice)\s*(?:is|would be|:|-)?\s*[\"'*(\[]*([a-z])(?=$|[).:\]\s,;\"'*])",
-                          re.IGNORECASE)
-_WORDS = re.compile(r"[a-z0-9]+")
-# A capital letter standing alone; "A" and "I" followed by a word are the article and the pronoun.
-_LETTER_ALONE = re.compile(r"(?<![\w'])(?:([B-HJ-Z])|([AI])(?!\s+[a-z]))(?![\w'])")
-
-
-def _words(text: str) -> str:
-    return " ".join(_WORDS.findall(_norm(text)))
-
-
-def parse_choice(text: str | None, options: dict[str, str]) -> str | None:
-    """The option letter an answer picks (a key of `options`), or None.
-
-    Tried in order: the text is a letter ("B", "(C)", "b."); it starts with one and a delimiter
-    ("A) scratch", "C. Stain"); it says "answer is D" / "Answer: D." / "option B"; for a Yes/No pair of
-    options, its yes/no (`parse_yes_no`); the text of exactly one option appears in it as whole words
-    (the longest wins when one option's text contains another's); one option letter stands alone in it
-    in capitals ("I think B fits"). An article ("a scratch") is not a letter unless a delimiter follows.
-    """
-    t = (text or "").strip()
-    if not t or not options:
-        return None
-    by_upper = {k.upper(): k for k in options}
-
-    def pick(letter: str | None) -> str | None:
-        return by_upper.get(letter.upper()) if letter else None
-
-    for rx in (_LETTER_ONLY, _LETTER_LEAD):
-        m = rx.match(t)
-        if m and pick(m.group(1)):
-            return pick(m.group(1))
-    for m in _LETTER_SAID.finditer(t):
-        letter = m.group(1)
-        after = t[m.end(1):m.end(1) + 1]
-        # "the answer is a scratch": a lower-case "a" followed by a space is the article
-        if (letter.isupper() or after in ("", ")", ".", ":", "]")) and pick(letter):
-            return pick(letter)
-    polar = {k: explicit_yes_no(v) for k, v in options.items()}
-    if len(options) == 2 and set(polar.values()) == {True, False}:
-        yn = parse_yes_no(t)
-        if yn is not None:
-            return next(k for k, v in polar.items() if v == yn)
-    said = _words(t)
-    hits = [k for k, v in options.items() if _words(v) and re.search(rf"\b{re.escape(_words(v))}\b", said)]
-    if hits:
-        longest = max(hits, key=lambda k: len(_words(options[k])))
-        if all(_words(options[k]) in _words(options[longest]) for k in hits):
-            return longest
-        return None
-    alone = {m.group(1) or m.group(2) for m in _LETTER_ALONE.finditer(t)} & set(by_upper)
-    if len(alone) == 1:
-        return pick(alone.pop())
-    return None
+def parse_yes_no(text: str | None) -> bool | None:
+    """The answer's yes/no without a question (statements read as the answer to "is there a defect?")."""
+    return verdict(text)[0]

@@ -21,6 +21,17 @@ FORMAT_HELP = {
 }
 
 
+PROTOCOL_HELP = {
+    fmt: ("How answers are asked and counted: sage (default: the question as worded, sage's grader, "
+          "question-weighted accuracy) or paper (the SAGE authors' code: ' Answer with True or False and provide a "
+          "reason.' appended, yes iff the answer starts with true/yes)." if fmt != "mmad" else
+          "How answers are counted: mmad (default: MMAD's official summary, unreadable letters dropped, balanced "
+          "Anomaly Detection accuracy, mean over question types then data sets) or sage (question-weighted, "
+          "unreadable counted wrong).")
+    for fmt in FORMAT_HELP
+}
+
+
 def _bench_command(fmt: str):
     def bench(
         root: Path = typer.Option(..., "--root", help="The data set (see above)."),
@@ -43,10 +54,18 @@ def _bench_command(fmt: str):
         plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots under RUN_DIR/plots (needs matplotlib)."),
         strict: bool = typer.Option(False, "--strict", help="Stop at the first data problem instead of skipping it."),
         detect_question: Optional[str] = typer.Option(None, "--detect-question", help="Read detection AUROC from this one yes/no question's P(yes), asked of every image (e.g. 'Is there any defect on the test object?'), instead of from each group's own first detection question, whose wording varies."),
+        protocol: Optional[str] = typer.Option(None, "--protocol", help=PROTOCOL_HELP[fmt]),
+        grader: str = typer.Option("text", "--grader", help="Who reads a yes/no answer (protocol sage): text (sage's reader, P(yes) where it finds no verdict), probe (ask again with 'Answer yes or no.' and take P(yes)), or an OpenAI-compatible URL (an LLM reads each answer)."),
+        grader_model: Optional[str] = typer.Option(None, "--grader-model", help="The grading LLM's model name at --grader URL."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
+        from sage_cli.bench.grading import check_grader, resolve_protocol
+
+        protocol = resolve_protocol(protocol, fmt)
+        check_grader(grader, protocol)
         _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question)
+             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question,
+             protocol, grader, grader_model)
 
     bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC, "
                      f"per-category accuracy{', accuracy per question type' if fmt == 'mmad' else ''}, and MLE "
@@ -59,7 +78,8 @@ def _bench_command(fmt: str):
 
 
 def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question) -> None:
+         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question,
+         protocol, grader, grader_model) -> None:
     import json
     import sys
 
@@ -89,7 +109,8 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
     opts = BenchOptions(fmt=fmt, root=root, out=out, backbone=backbone, checkpoint=str(checkpoint) if checkpoint else None,
                         shots=shots, facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=cats,
                         seed=seed, device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model,
-                        plots=plots, resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question)
+                        plots=plots, resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question,
+                        protocol=protocol, grader=grader, grader_model=grader_model)
     err = Console(stderr=True)
     notes: list[str] = []
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -102,6 +123,9 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
         return
     console = Console()
     console.print(_run_table(res, out))
+    for extra in (_mmad_table(res), _detection_table(res)):
+        if extra is not None:
+            console.print(extra)
     _breakdowns(console, res)
     for line in [*res.get("notes", []), *notes]:
         err.print(f"note: {line}")
@@ -113,6 +137,39 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
     console.print(f"results: {out / rundir.RESULTS}")
 
 
+def _detection_table(res: dict):
+    """Image- and pixel-level anomaly detection (anomalib's metrics), when the run has them."""
+    from rich.table import Table
+
+    from sage_cli.bench.report import detection_rows
+
+    rows = detection_rows(res)
+    if not rows:
+        return None
+    t = Table(title="anomaly detection (n = images scored)")
+    for c in ("score", "AUROC", "F1-max", "threshold", "n", "pixel AUROC", "AUPRO@0.3"):
+        t.add_column(c, justify="left" if c == "score" else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _mmad_table(res: dict):
+    from rich.table import Table
+
+    mm = res["metrics"].get("mmad")
+    if not mm:
+        return None
+    types = list(mm["mean"])
+    t = Table(title=f"MMAD official summary (protocol mmad; {mm['dropped_unreadable']} unreadable answers dropped)")
+    t.add_column("data set")
+    for c in types:
+        t.add_column(c, justify="right")
+    for name, row in [*mm["per_dataset"].items(), ("Average", mm["mean"])]:
+        t.add_row(name, *[f"{row[c]:.1f}" if row.get(c) is not None else "-" for c in types])
+    return t
+
+
 def _run_table(res: dict, out: Path):
     from rich.table import Table
 
@@ -121,8 +178,8 @@ def _run_table(res: dict, out: Path):
     cfg, counts = res["config"], res["counts"]
     model = Path(cfg["checkpoint"]).name if cfg.get("checkpoint") else cfg.get("backbone_loaded") or cfg.get("backbone") or "sage-smol"
     mle = bool(res["metrics"].get("mle"))
-    t = Table(title=f"sage bench {res['format']} · {out.name} · {model} · {cfg['shots']}-shot · "
-                    f"{counts['groups']} groups, {counts['questions']} questions")
+    t = Table(title=f"sage bench {res['format']} · {out.name} · {model} · {cfg['shots']}-shot · protocol "
+                    f"{res.get('protocol', 'sage')} · {counts['groups']} groups, {counts['questions']} questions")
     for c in (*COLUMNS, *(MLE_COLUMNS if mle else ())):
         t.add_column(c, justify="right")
     t.add_row(*cells(res, mle))
@@ -175,13 +232,18 @@ def compare(
         names = [str(Path(r.parent if r.is_file() else r)) for r in runs]
     mle = report.has_mle(results)
     t = Table(title=f"sage bench compare · {len(results)} runs")
-    for c in ("run", "format", "shots", *report.COLUMNS, *(report.MLE_COLUMNS if mle else ())):
-        t.add_column(c, justify="left" if c in ("run", "format") else "right")
+    for c in ("run", "format", "protocol", "shots", *report.COLUMNS, *(report.MLE_COLUMNS if mle else ())):
+        t.add_column(c, justify="left" if c in ("run", "format", "protocol") else "right")
     for name, res in zip(names, results):
-        t.add_row(name, str(res.get("format")), str((res.get("config") or {}).get("shots")), *report.cells(res, mle))
+        t.add_row(name, str(res.get("format")), report.protocol_of(res), str((res.get("config") or {}).get("shots")),
+                  *report.cells(res, mle))
     console = Console()
     console.print(t)
     err = Console(stderr=True)
+    protocols = sorted({report.protocol_of(r) for r in results})
+    if len(protocols) > 1:
+        err.print(f"note: the runs were graded under different protocols ({', '.join(protocols)}): their accuracy "
+                  "columns measure different things and are not comparable")
     if len({(r.get("format"), r.get("root")) for r in results}) > 1:
         err.print("note: the runs are on different data; compare their numbers with care")
     if out is not None:

@@ -15,7 +15,11 @@ Each record: ``test_image, reference_image, pair_type, conclusion_en, question_a
 question ``{question_en, answer: bool, answer_options[4]{answer_en}}`` with options ranked best first.
 Image paths are tried relative to the root, then to ``ImageData/<domain>/``, then to ``ImageData/``.
 Records become QAGroup (records.py); ``pair_type`` words are mapped through PAIR_TYPE_WORDS.
-Nothing is downloaded.
+MANTA has no defect annotation (no type, mask or place), so ``defect`` stays None unless a record
+carries an explicit one (LABEL_FIELDS, DEFECT_TYPE_FIELDS), and whether the test object is defective
+(``anomalous``, ``label_source``) is what the record says: an explicit label field if it has one
+(source "annotation"), else `labels.anomaly_label` (its conclusion, its questions and answers, its raw
+pair_type word). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from sage_cli.data._common import (
     record_where,
     verify_image,
 )
+from sage_cli.data.labels import anomaly_label
 from sage_cli.data.problems import Problems
-from sage_cli.data.records import PAIR_TYPES, QAGroup, Question
+from sage_cli.data.records import LABEL_ANNOTATION, PAIR_TYPES, Defect, QAGroup, Question
 from sage_cli.errors import SageError
 
 JSON_DIR = "JsonData"
@@ -65,6 +70,14 @@ PAIR_TYPE_WORDS = {
 _TRUE = {"true", "yes", "y"}
 _FALSE = {"false", "no", "n"}
 
+# Explicit labels a record may carry (not in the published schema; honoured when present).
+LABEL_FIELDS = ("anomalous", "is_anomaly", "is_anomalous", "is_abnormal", "abnormal", "is_defective", "defective",
+                "anomaly", "label", "anomaly_label", "status")
+DEFECT_TYPE_FIELDS = ("defect_type", "defect_class", "anomaly_type")
+_LABEL_WORDS = {"good": False, "normal": False, "ok": False, "defect free": False, "no defect": False,
+                "none": False, "anomaly": True, "anomalous": True, "abnormal": True, "defective": True,
+                "defect": True, "bad": True, "ng": True}
+
 
 def pair_type_of(word: object) -> str | None:
     """The PAIR_TYPES value for one of MANTA's level words, or None if it is not recognised."""
@@ -90,6 +103,34 @@ def _as_bool(v: object) -> bool | None:
         if s in _FALSE:
             return False
     return None
+
+
+def _label_word(v: object) -> bool | None:
+    b = _as_bool(v)
+    if b is not None:
+        return b
+    if isinstance(v, str):
+        return _LABEL_WORDS.get(" ".join(v.lower().replace("_", " ").replace("-", " ").split()))
+    return None
+
+
+def explicit_label(rec: dict) -> tuple[bool | None, Defect | None]:
+    """(anomalous, defect) from a record's own label fields, if it has any: LABEL_FIELDS (true/false,
+    "good"/"normal" or "anomaly"/"defective"...), DEFECT_TYPE_FIELDS (a defect type; "none"/"good" = normal)."""
+    for key in DEFECT_TYPE_FIELDS:
+        v = rec.get(key)
+        if isinstance(v, str) and v.strip():
+            word = _label_word(v)
+            if word is False:
+                return False, None
+            if word is None:
+                return True, Defect(type=v.strip())
+    for key in LABEL_FIELDS:
+        if key in rec:
+            v = _label_word(rec[key])
+            if v is not None:
+                return v, None
+    return None, None
 
 
 def qa_files(root: Path) -> list[Path]:
@@ -123,7 +164,7 @@ def read_manta(
     *,
     check_images: bool = False,
 ) -> Iterator[QAGroup]:
-    """Every record of every ``JsonData/*_QA.json`` as a QAGroup (``root`` set, ``defect`` None).
+    """Every record of every ``JsonData/*_QA.json`` as a QAGroup (``root`` set, ``anomalous`` labelled).
 
     A record with a missing field, an unknown pair_type, an answer that is not true/false, or an image
     path that escapes the root or names no file is reported to ``problems`` (None = strict) and skipped.
@@ -213,7 +254,8 @@ def _group(root, domain, index, rid, rec, problems: Problems, where: str, check:
                 return None
     category = rec.get("category") or rec.get("object") or _category(test, domain)
     conclusion = rec.get("conclusion_en", rec.get("conclusion")) or ""
-    return QAGroup(
+    anomalous, defect = explicit_label(rec)
+    group = QAGroup(
         id=str(rid) if rid is not None else f"{domain}-{index}",
         domain=domain,
         category=str(category),
@@ -221,7 +263,11 @@ def _group(root, domain, index, rid, rec, problems: Problems, where: str, check:
         reference_image=ref,
         pair_type=pair_type,
         questions=questions,
-        defect=None,
+        defect=defect,
+        anomalous=anomalous,
+        label_source=LABEL_ANNOTATION if anomalous is not None else None,
         conclusion=str(conclusion),
         root=root,
     )
+    group.anomalous, group.label_source = anomaly_label(group, rec["pair_type"])
+    return group

@@ -4,6 +4,13 @@ One QAGroup per line (records.QAGroup.to_json / from_json; fields in SPEC.md), U
 relative to a dataset root: by default the folder holding the file. Files are written atomically
 (temporary file in the same folder, then ``os.replace``), or appended to, one complete line per
 record, so an interrupted run can resume by skipping ``existing_ids``.
+
+Every group read gets ``anomalous`` / ``label_source`` (records.py): as stored when the file has them;
+otherwise (files written before those fields, or ``anomalous: null``) from the data. A group that
+`sage prefs build` made from images (its folder's ``prefs.json`` names an image format in
+``source_format``: BUILT_FROM) is normal exactly when ``defect`` is null, as the builder wrote it;
+any other group is labelled by `labels.anomaly_label` (conclusion, questions), which never makes
+``defect: null`` mean normal by itself.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ from pathlib import Path
 from sage_cli import jsonl
 from sage_cli.atomic import replacing
 from sage_cli.data._common import checked_rel, verify_image
+from sage_cli.data.labels import anomaly_label
 from sage_cli.data.problems import Problems
-from sage_cli.data.records import QA_FORMAT, QAGroup
+from sage_cli.data.records import LABEL_ANNOTATION, QA_FORMAT, QAGroup
 from sage_cli.errors import SageError
 
 SUFFIX = ".jsonl"
+# `sage prefs build` source formats whose groups the builder wrote from annotated images: defect null = normal.
+BUILT_FROM = ("mvtec", "visa", "mmad")
 
 
 def _line(group: QAGroup | dict) -> str:
@@ -72,6 +82,7 @@ def read_qa_jsonl(
     """
     path = Path(path)
     root = Path(root) if root is not None else manifest_root(path.parent) or path.parent
+    built = manifest_source(path.parent) in BUILT_FROM
     problems = problems if problems is not None else Problems(strict=True)
     try:
         name = path.resolve().relative_to(root.resolve()).as_posix()
@@ -96,6 +107,9 @@ def read_qa_jsonl(
                 continue
             group = _parse(line, root, problems, f"{name} line {n}", check_images)
             if group is not None:
+                if group.anomalous is None:
+                    group.anomalous, group.label_source = (
+                        (group.defect is not None, LABEL_ANNOTATION) if built else anomaly_label(group))
                 yield group
 
 
@@ -153,16 +167,27 @@ def read_qa_dir(root: Path | str, problems: Problems | None = None, *, check_ima
 MANIFESTS = ("prefs.json", "score.json")  # written beside QA / pair files by `sage prefs build` / `sage score mle`
 
 
-def manifest_root(folder: Path | str) -> Path | None:
-    """The data set root a manifest in `folder` records (QA files keep image paths relative to it)."""
-    for name in MANIFESTS:
+def _manifest_field(folder: Path | str, key: str, names=MANIFESTS):
+    for name in names:
         try:
-            root = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get("root")
+            value = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError, AttributeError):
             continue
-        if root:
-            return Path(root)
+        if value:
+            return value
     return None
+
+
+def manifest_root(folder: Path | str) -> Path | None:
+    """The data set root a manifest in `folder` records (QA files keep image paths relative to it)."""
+    root = _manifest_field(folder, "root")
+    return Path(root) if root else None
+
+
+def manifest_source(folder: Path | str) -> str | None:
+    """The ``source_format`` of the `sage prefs build` manifest in `folder` (None without one)."""
+    v = _manifest_field(folder, "source_format", ("prefs.json",))
+    return v if isinstance(v, str) else None
 
 
 def write_qa_jsonl(path: Path | str, groups: Iterable[QAGroup | dict]) -> int:

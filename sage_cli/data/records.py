@@ -2,6 +2,22 @@
 
 Image paths are stored relative to the dataset root (``root``) and checked to stay inside it;
 ``Path(root, rel)`` gives the file. The JSON form of a QA group is the file format in SPEC.md.
+
+A QA group says what is *known* about its test object in two fields (JSON ``anomalous`` and
+``label_source``, both may be null):
+
+* ``anomalous``: true = the test object is defective, false = it is normal, null = not known.
+* ``label_source``: how that was found. ``"annotation"``: from the data set's own labels (a defect
+  annotation or mask, an MVTec/VisA/MMAD folder label, an explicit label field); anything else was
+  read from the record's text by ``data.labels.anomaly_label`` (``"conclusion"``, ``"question:<q>"``,
+  ``"presupposition:<q>"``, ``"pair_type"``; ``<q>`` is the 0-based index of the question).
+
+``defect`` (type, mask, place) is set only where the defect is annotated, so ``defect: null`` alone no
+longer means "normal": a MANTA record has no annotation at all. A group with a ``defect`` is anomalous
+(``anomalous`` and ``label_source`` are filled in as true / "annotation" when missing); ``defect`` with
+``anomalous: false`` is malformed. sage-qa/1 files written before these two fields existed still read:
+``data.qa_jsonl`` labels their groups on reading (those `sage prefs build` made from images, whose
+``defect: null`` does mean normal, by the manifest's ``source_format``; the others with ``anomaly_label``).
 """
 
 from __future__ import annotations
@@ -11,6 +27,7 @@ from pathlib import Path
 
 QA_FORMAT = "sage-qa/1"  # written into every QA-group record; bump when fields change meaning
 PAIR_TYPES = ("standard", "identification", "diagnosis")
+LABEL_ANNOTATION = "annotation"  # QAGroup.label_source when the data set's own labels say it
 
 
 @dataclass(frozen=True)
@@ -63,9 +80,20 @@ class QAGroup:
     reference_image: str | None  # None = zero-shot
     pair_type: str
     questions: list[Question]
-    defect: Defect | None = None
+    defect: Defect | None = None  # the annotated defect; None = none annotated (see `anomalous`)
+    anomalous: bool | None = None  # True defective, False normal, None unknown (module doc)
+    label_source: str | None = None  # where `anomalous` comes from: "annotation", "conclusion", ...
     conclusion: str = ""
     root: Path | None = None  # not serialised; where the relative image paths point
+
+    def __post_init__(self) -> None:
+        if self.defect is not None and self.anomalous is None:
+            self.anomalous, self.label_source = True, LABEL_ANNOTATION
+
+    @property
+    def normal_by_annotation(self) -> bool:
+        """The data set's own labels say the test object is normal (the only time a judge is told so)."""
+        return self.anomalous is False and self.label_source == LABEL_ANNOTATION
 
     def level_of(self, q: Question) -> str:
         return q.level or self.pair_type
@@ -90,6 +118,13 @@ class QAGroup:
                 location=defect.get("location"),
                 area_frac=defect.get("area_frac"),
             )
+        anomalous, label_source = d.get("anomalous"), d.get("label_source")
+        if anomalous is not None and not isinstance(anomalous, bool):
+            raise ValueError(f"anomalous must be true, false or null, got {anomalous!r}")
+        if label_source is not None and not isinstance(label_source, str):
+            raise ValueError(f"label_source must be a string or null, got {label_source!r}")
+        if defect is not None and anomalous is False:
+            raise ValueError("a defect is annotated but anomalous is false")
         pair_type = d["pair_type"]
         if pair_type not in PAIR_TYPES:
             raise ValueError(f"pair_type must be one of {', '.join(PAIR_TYPES)}, got {pair_type!r}")
@@ -110,6 +145,8 @@ class QAGroup:
             pair_type=pair_type,
             questions=questions,
             defect=defect,
+            anomalous=anomalous,
+            label_source=label_source if anomalous is not None else None,
             conclusion=str(d.get("conclusion", "")),
             root=root,
         )

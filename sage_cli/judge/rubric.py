@@ -6,7 +6,7 @@ import json
 import re
 import string
 
-from sage_cli.data.records import Defect, QAGroup
+from sage_cli.data.records import LABEL_ANNOTATION, Defect, QAGroup
 from sage_cli.errors import SageError
 
 CRITERIA = ("type", "location", "logic")
@@ -32,27 +32,59 @@ def check_template(template: str) -> None:
         raise SageError("score recipe template: it never shows the answer to grade ({answer})")
 
 
-def describe_defect(defect: Defect | None) -> str:
-    """The annotation in words, e.g. "crack, upper left, 2.1% of the image"."""
-    if defect is None:
-        return "no defect (the test object is normal)"
-    parts = [defect.type]
-    if defect.location:
-        parts.append(defect.location)
-    if defect.area_frac is not None:
-        parts.append(f"{100 * defect.area_frac:.1f}% of the image")
-    return ", ".join(parts)
+NOT_ANNOTATED = ("not annotated: whether the test object is defective is unknown, and so are the defect type "
+                 "and location; judge them against the inspection conclusion and the reference answer")
+TYPE_NOT_ANNOTATED = ("defective, type not annotated (take the defect type and location from the inspection "
+                      "conclusion and the reference answer)")
+_SAYS_NORMAL = {"conclusion": "the inspection conclusion", "pair_type": "the record's pair type"}
+
+
+def describe_defect(defect: Defect | None, anomalous: bool | None = None, label_source: str | None = None) -> str:
+    """What is known about the test object, in words: the annotated defect ("crack, upper left, 2.1% of the
+    image"), "no defect (the test object is normal)" only when the data set's own labels say so
+    (``label_source == "annotation"``), "defective, type not annotated (...)", or that nothing is known.
+
+    ``anomalous`` / ``label_source`` are the group's (records.py); a normal label read from the record's
+    text is reported as the record's claim, naming where it was read.
+    """
+    if defect is not None:
+        parts = [defect.type]
+        if defect.location:
+            parts.append(defect.location)
+        if defect.area_frac is not None:
+            parts.append(f"{100 * defect.area_frac:.1f}% of the image")
+        return ", ".join(parts)
+    if anomalous is True:
+        return TYPE_NOT_ANNOTATED
+    if anomalous is False:
+        if label_source == LABEL_ANNOTATION:
+            return "no defect (the test object is normal)"
+        where = _SAYS_NORMAL.get(label_source or "", "the record's correct answers to its questions")
+        return (f"not annotated; {where} says the test object has no defect (the defect type is unknown; "
+                "judge against the inspection conclusion and the reference answer)")
+    return NOT_ANNOTATED
 
 
 def build_messages(recipe, group: QAGroup, q: int, option: int) -> list[dict]:
-    """System = the rubric; user = the template filled for option `option` of question `q`."""
+    """System = the rubric; user = the template filled for option `option` of question `q`.
+
+    Where the defect is not annotated, the judge has only the record's own words: if the template does
+    not show the conclusion ({conclusion}) or the reference answer ({reference}), ``{defect}`` carries them.
+    """
     question = group.questions[q]
+    defect = describe_defect(group.defect, group.anomalous, group.label_source)
+    if group.defect is None and not group.normal_by_annotation:
+        fields = {f for _, f, _, _ in string.Formatter().parse(recipe.template) if f}
+        if "conclusion" not in fields and group.conclusion:
+            defect += f'; inspection conclusion: "{group.conclusion}"'
+        if "reference" not in fields and question.options:
+            defect += f'; reference answer: "{question.options[0]}"'
     values = {
         "category": group.category,
         "level": group.level_of(question),
         "question": question.question,
         "truth": "yes" if question.answer else "no",
-        "defect": describe_defect(group.defect),
+        "defect": defect,
         "conclusion": group.conclusion or "(none)",
         "reference": question.options[0],
         "answer": question.options[option],

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from sage_cli.data.records import PAIR_TYPES, ImageRecord, QAGroup, Question
+from sage_cli.data.records import LABEL_ANNOTATION, PAIR_TYPES, ImageRecord, QAGroup, Question
 from sage_cli.prefs.knowledge import defect_info, distractors, object_info
 from sage_cli.prefs.templates import Finding, Writer
 
@@ -120,6 +120,8 @@ def group_for(rec: ImageRecord, pool: list[str], seed: int) -> QAGroup:
         pair_type=majority_level(questions),
         questions=questions,
         defect=rec.defect,
+        anomalous=rec.is_anomaly,  # the image's folder label: the annotation itself
+        label_source=LABEL_ANNOTATION,
         conclusion=w.conclusion(),
         root=rec.root,
     )

@@ -3,7 +3,8 @@
 * MANTA, MPDD-QA and sage-qa/1 JSON Lines are already groups (``data.manta``, ``data.qa_jsonl``): each
   question gets its ``level`` written out (MANTA's record-wide ``pair_type`` when it has none), and a
   group with a question that does not have exactly four ranked options is a problem (skipped, or
-  fatal with --strict), since E-DPO needs them. Texts are copied unchanged.
+  fatal with --strict), since E-DPO needs them. Texts are copied unchanged, and so is what the reader
+  found about the test object (``anomalous``, ``label_source``; see data/labels.py).
 * AD-PL: no public copy exists; its unit (a test/reference pair, questions, four ranked answers) is
   MANTA's record, so AD-PL files are read in the MANTA schema: put them at
   ``<root>/JsonData/<domain>_QA.json`` with the images under ``<root>/ImageData/<domain>/``.
@@ -28,7 +29,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from sage_cli.data.problems import Problems
-from sage_cli.data.records import Defect, QAGroup, Question
+from sage_cli.data.records import LABEL_ANNOTATION, Defect, QAGroup, Question
 from sage_cli.prefs.build import image_rng, image_wh, majority_level, slug, unique_ids
 from sage_cli.prefs.knowledge import defect_info, distractors, object_info
 from sage_cli.prefs.templates import Finding, Writer
@@ -158,6 +159,8 @@ def mmad_groups(items, seed: int, problems: Problems) -> list[QAGroup]:
             pair_type=majority_level(questions),
             questions=questions,
             defect=defect,
+            anomalous=it.label != "good",  # MMAD's folder label
+            label_source=LABEL_ANNOTATION,
             conclusion=w.conclusion(),
             root=it.root,
         ))

@@ -1,0 +1,60 @@
+"""Pixel-level anomaly metrics of the Eq. 1 map against ground-truth masks, as anomalib reports them.
+
+Each one-shot item's anomaly map (1 - s over the patch grid, `Engine.anomaly`) is kept on its first
+sample (``anomaly_map``, rounded to 4 decimals) so that a resumed run can recompute everything. At the
+end, every item whose ground truth is known (a defect mask, or a normal image: an all-zero mask) is
+scored at EVAL_SIDE x EVAL_SIDE pixels: the map upsampled bilinearly, the mask resized with nearest
+neighbours (anomalib also evaluates at a fixed 256 px). Defective items without a mask add nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+EVAL_SIDE = 256
+
+
+def map_field(amap: dict | None) -> list[list[float]] | None:
+    """The patch-grid map [h, w] as nested lists for samples.jsonl."""
+    if amap is None:
+        return None
+    return [[round(float(v), 4) for v in row] for row in amap["map"].tolist()]
+
+
+def truth_mask(item) -> np.ndarray | None:
+    """[EVAL_SIDE, EVAL_SIDE] bool ground truth of an item, or None when it is not known."""
+    from PIL import Image
+
+    group = item.group
+    defect = getattr(group, "defect", None)
+    if defect is not None and defect.mask:
+        with Image.open(Path(item.root) / defect.mask) as im:
+            small = im.convert("L").resize((EVAL_SIDE, EVAL_SIDE), Image.NEAREST)
+        return np.asarray(small) > 0
+    if item.defective is False:
+        return np.zeros((EVAL_SIDE, EVAL_SIDE), dtype=bool)
+    return None
+
+
+def pixel_results(items: list, samples: list[dict]) -> dict | None:
+    """{pixel_auroc, aupro, images, pixels, side} over the items that have a map and a known mask."""
+    from sage_cli.bench.ad_metrics import pixel_metrics, upsample
+
+    maps_by_id = {s["group_id"]: s["anomaly_map"] for s in samples if s.get("anomaly_map")}
+    maps, masks = [], []
+    for item in items:
+        grid = maps_by_id.get(item.id)
+        if grid is None:
+            continue
+        mask = truth_mask(item)
+        if mask is None:
+            continue
+        maps.append(upsample(np.asarray(grid, dtype=np.float64), (EVAL_SIDE, EVAL_SIDE)))  # [S, S]
+        masks.append(mask)
+    if not maps or not any(m.any() for m in masks):
+        return None
+    out = pixel_metrics(maps, masks)
+    out["side"] = EVAL_SIDE
+    return out
