@@ -18,12 +18,16 @@
      said instead (no); "no defect at all" is no;
    * location: the place said for the defect agrees with the place asked (yes) or lies elsewhere on the
      same axis or off it (no: "on the left side" to "on the right side?");
-   * other (consequences, causes): consequence verbs read with their negation ("could lead to leakage":
-     yes; "will not affect function", "purely cosmetic": no), concessive clauses counting half.
+   * other (consequences, causes, decisions): the question's own words denied in the answer ("scrapping
+     is not necessary", "rather than by manufacturing": no), then consequence verbs read with their
+     negation ("could lead to leakage": yes; "will not affect function", "purely cosmetic": no),
+     concessive clauses counting half, flipped for a question whose yes is the good outcome ("Will it
+     still work?").
 4. ``word``: a lone yes/no word elsewhere ("Based on the image, no."), if only one kind occurs.
 Otherwise (None, None): the caller decides (P(yes), a probe or a judge: `grading.py`).
 
-The rules are measured on tests/data/verdict_corpus.jsonl (test_bench_verdict.py lists the misses).
+The rules are measured on two hand-labelled sets in tests/data/ (test_bench_verdict.py lists the misses):
+verdict_corpus.jsonl, which they were worked out on, and verdict_heldout.jsonl, written later.
 """
 
 from __future__ import annotations
