@@ -167,6 +167,11 @@ def test_mmad_end_to_end_grades_letters_per_type(vlm, tmp_path, capsys):
     assert len(samples) == 4 and {s["truth"] for s in samples} == {"A", "B"}
     assert all(s["verdict_source"] in ("letter", "none") for s in samples)
     assert not (out / "plots").exists() and "plots" not in res
+    mm = res["metrics"]["mmad"]  # the tiny random model's letters are mostly unreadable: dropped, not wrong
+    assert res["protocol"] == "mmad" and set(mm["per_dataset"]) <= {"MVTec-AD"}
+    assert mm["dropped_unreadable"] == sum(s["verdict"] is None for s in samples)
+    assert res["metrics"]["auroc_map_groups"] == 2  # "good" in the path: MMAD's own normal flag
+    assert "MMAD official summary" in stdout
 
 
 def test_qa_end_to_end_with_facts_and_the_offline_judge(vlm, tmp_path, capsys):
@@ -256,10 +261,12 @@ def test_mpdd_reads_manta_schema(vlm, tmp_path, capsys):
     (["manta", "--root", "{manta}", "--facts", "{tmp}/nofacts.jsonl"], "facts file not found"),
     (["manta", "--root", "{manta}", "--detect-question", "What colour is it?"], "does not ask whether"),
     (["mmad", "--root", "{manta}", "--detect-question", "Is there a defect?"], "MMAD's questions are multiple"),
+    (["mmad", "--root", "{mmad}", "--protocol", "paper"], "MMAD is multiple choice"),
 ])
 def test_failures_are_one_line(tmp_path, capsys, args, message):
     manta = make_tiny_manta(tmp_path / "m", [manta_record()])
-    argv = [a.format(tmp=tmp_path, manta=manta) for a in args] + ["--out", str(tmp_path / "run")]
+    mmad = make_tiny_mmad(tmp_path / "mm", {"MVTec-AD/bottle/test/good/000.png": mmad_entry(mask_path=None)})
+    argv = [a.format(tmp=tmp_path, manta=manta, mmad=mmad) for a in args] + ["--out", str(tmp_path / "run")]
     rc, _, err = sage(capsys, *argv)
     assert rc == 1 and message in err and len(err.strip().splitlines()) == 1
 

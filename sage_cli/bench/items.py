@@ -36,6 +36,7 @@ from sage_cli.errors import SageError
 FORMATS = ("manta", "mpdd", "mmad", "qa", "mvtec")
 READER = {"manta": "manta", "mpdd": "manta", "mmad": "mmad", "qa": "qa", "mvtec": "mvtec"}
 LETTER_INSTRUCTION = "Answer with the letter of the right option."
+MMAD_NORMAL_FLAG = "good"
 
 
 @dataclass
@@ -63,6 +64,7 @@ class BenchItem:
     kind: str = "yesno"  # or "choice" (MMAD)
     defective: bool | None = None  # the group's label (data/labels.py); None = unknown (MMAD, an unlabelled group)
     label_source: str | None = None  # where `defective` comes from: "annotation", "conclusion", "question:<q>", ...
+    mask: str | None = None  # the defect mask, relative to root (pixel metrics); None = none annotated
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -177,7 +179,8 @@ def _yes_no_item(g, shots: int, built: bool = False) -> BenchItem:
         questions.append(BenchQuestion(i, q.question, q.question, level, bool(q.answer),
                                        q.options[0] if q.options else None, detect=pol))
     return BenchItem(g.id, g.category, Path(g.root), g.test_image, g.reference_image if shots else None,
-                     questions, group=g, defective=defective, label_source=source)
+                     questions, group=g, defective=defective, label_source=source,
+                     mask=g.defect.mask if g.defect is not None else None)
 
 
 def mmad_prompt(question: str, options: dict[str, str]) -> str:
@@ -195,5 +198,7 @@ def _mmad_item(it, shots: int) -> BenchItem:
     if shots:
         refs = it.similar_templates or it.random_templates
         ref = refs[0] if refs else None
+    # MMAD's own summary calls an image normal when "good" is in its path; its masks mark the defects
+    normal = MMAD_NORMAL_FLAG in it.image
     return BenchItem(it.image, it.category or it.dataset or "(none)", Path(it.root), it.image, ref, questions,
-                     kind="choice")
+                     kind="choice", defective=not normal, label_source="annotation", mask=it.mask)

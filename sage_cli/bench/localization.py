@@ -27,10 +27,8 @@ def truth_mask(item) -> np.ndarray | None:
     """[EVAL_SIDE, EVAL_SIDE] bool ground truth of an item, or None when it is not known."""
     from PIL import Image
 
-    group = item.group
-    defect = getattr(group, "defect", None)
-    if defect is not None and defect.mask:
-        with Image.open(Path(item.root) / defect.mask) as im:
+    if item.mask:
+        with Image.open(Path(item.root) / item.mask) as im:
             small = im.convert("L").resize((EVAL_SIDE, EVAL_SIDE), Image.NEAREST)
         return np.asarray(small) > 0
     if item.defective is False:

@@ -288,6 +288,11 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     judge = BenchJudge(opts.judge, opts.judge_model) if opts.judge else None
     llm = grading.LLMGrader(opts.grader, opts.grader_model) if opts.grader.startswith(("http://", "https://")) else None
     config = opts.config(judge.name if judge else None)
+    unlabelled = sum(1 for it in loaded.items if it.defective is None)
+    if unlabelled and opts.strict:  # before any work
+        first = next(it.id for it in loaded.items if it.defective is None)
+        raise SageError(f"{unlabelled} group(s) have no detection label (first: {first}): nothing in the data says "
+                        "whether the part is defective")
     rundir.prepare(out, config, opts.resume, opts.overwrite)
     sbert_model = None
     if opts.sbert and any(q.best_option is not None for it in loaded.items for q in it.questions):
@@ -403,7 +408,6 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     sources: dict[str, int] = {}
     for s in samples:
         sources[s["verdict_source"]] = sources.get(s["verdict_source"], 0) + 1
-    unlabelled = sum(1 for it in loaded.items if it.kind == "yesno" and it.defective is None)
     if unlabelled:
         notes.append(f"{unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
                      "whether the part is defective); left out of AUROC")
@@ -436,7 +440,11 @@ def _detect_fallback(item: BenchItem, recs: list[dict], eng, prefix, peak, quest
                      polarity: int | None) -> None:
     """Detection fields for an item whose own questions gave none (or every item under --detect-question):
     that question's P(yes), or DETECT_QUESTION's, on the item's first question's sample."""
-    if item.defective is None or item.kind != "yesno" or recs[0]["q"] != item.questions[0].q:
+    if item.defective is None or recs[0]["q"] != item.questions[0].q:
+        return
+    if item.kind != "yesno":  # MMAD: letters carry no P(yes); the map's peak is the detector
+        if peak is not None:
+            recs[0].update(detect_label=item.defective, label_source=item.label_source, map_max=peak)
         return
     if question is None:
         if any(bq.detect is not None for bq in item.questions):
