@@ -49,7 +49,7 @@ def test_every_manta_group_is_labelled_and_scored(vlm, tmp_path, capsys):  # noq
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"] == "sage" and res["grader"] == "text"
     assert res["metrics"]["auroc_groups"] == res["counts"]["groups"] == 4  # n = every group
-    assert f"(n=4)" in stdout
+    assert "(n=4)" in stdout
     det = [json.loads(s) for s in lines(out / "samples.jsonl") if "detect_label" in json.loads(s)]
     assert [d["detect_label"] for d in det] == [True, False, True, True]
     assert [d["label_source"] for d in det] == ["conclusion", "conclusion", "conclusion", "presupposition:0"]

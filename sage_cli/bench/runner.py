@@ -29,12 +29,13 @@ rubric; an empty answer gets 1 on every criterion without asking; MMAD items are
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_cli.bench import rundir
 from sage_cli.bench.items import BenchItem, Loaded
 from sage_cli.bench.localization import map_field, pixel_results
+from sage_cli.bench.mle_judge import BenchJudge
 from sage_cli.errors import SageError
 
 EXAMPLES = 4  # test images shown in plots/examples.png
@@ -129,64 +130,6 @@ class Facts:
         return found
 
 
-# ------------------------------------------------------------------------------------------------ judge
-
-
-class BenchJudge:
-    """MLE scores of the model's answers through the existing judges (an LLM endpoint or offline SBERT)."""
-
-    def __init__(self, spec: str, model: str | None):
-        from sage_cli.config import load_recipe
-        from sage_cli.judge.judges import SBertJudge, make_judge
-
-        cfg = load_recipe("default", "score")
-        if spec.startswith(("http://", "https://")):
-            cfg.endpoint.base_url = spec
-            spec = "endpoint"
-        if model:
-            cfg.endpoint.model = model
-        if spec == "endpoint" and not cfg.endpoint.base_url:
-            raise SageError("--judge endpoint needs a URL: give --judge http://HOST:PORT/v1 (or set endpoint.base_url "
-                            "in the score recipe)")
-        self.judge = SBertJudge() if spec == "offline:sbert" else make_judge(spec, cfg)
-
-    @property
-    def name(self) -> str:
-        return self.judge.name
-
-    def prepare(self, sbert=None) -> None:
-        """Check the endpoint; the offline judge shares the SBERT model the run already loaded."""
-        from sage_cli.judge.judges import SBertJudge
-
-        if sbert is not None and isinstance(self.judge, SBertJudge):
-            self.judge = SBertJudge(sbert)
-        self.judge.prepare()
-
-    def scores(self, item: BenchItem, answers: dict[int, str]) -> dict[int, dict]:
-        """q -> {type, location, logic, mle} or {failed}; answers of items without a QA group are not judged."""
-        from sage_cli.data.records import Question
-        from sage_cli.judge.judges import Item
-
-        group = item.group
-        if group is None:
-            return {}
-        out: dict[int, dict] = {}
-        todo = []
-        for q, text in answers.items():
-            if not text.strip():
-                out[q] = {"type": 1, "location": 1, "logic": 1, "mle": 1.0}
-                continue
-            orig = group.questions[q]
-            best = orig.options[0] if orig.options else "(no reference answer)"
-            questions = list(group.questions)
-            questions[q] = Question(orig.question, orig.answer, [best, text], group.level_of(orig))
-            todo.append(Item(replace(group, questions=questions), q, 1))
-        for it, res in self.judge.score(todo):
-            out[it.q] = ({k: res[k] for k in ("type", "location", "logic", "mle")} if "failed" not in res
-                         else {"failed": res["failed"]})
-        return out
-
-
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -272,16 +215,48 @@ def _example(item: BenchItem, test_img, engine, prefix, first: dict | None) -> d
             "answer": first.get("answer") if first else "", "correct": first.get("correct") if first else None}
 
 
-def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> Outcome:
-    """Answer every missing question of `loaded.items`, then write results.json and the plots."""
-    from sage_cli import jsonl
-    from sage_cli.bench import metrics
-    from sage_cli.data.images import load_rgb
+@dataclass
+class _Run:
+    """One benchmark run's state: what `run_bench` sets up once and every item's answering reads."""
 
+    opts: BenchOptions
+    loaded: Loaded
+    facts: Facts
+    config: dict
+    base: dict
+    done: dict
+    polarity: int | None
+    judge: "BenchJudge | None"
+    llm: object | None
+    sbert: object | None
+    timing: Timing = field(default_factory=Timing)
+    engine: object | None = None
+    unlabelled: int = 0
+
+    @property
+    def samples_path(self) -> Path:
+        return Path(self.opts.out) / rundir.SAMPLES
+
+    def get_engine(self):
+        if self.engine is None:
+            from sage_cli.models.engine import Engine
+
+            t0 = time.perf_counter()
+            o = self.opts
+            self.engine = Engine.load(o.backbone, o.checkpoint, dtype=o.dtype, device=o.device, seed=o.seed)
+            self.timing.load_s = time.perf_counter() - t0
+        return self.engine
+
+    def grade(self, text, question, p_yes, p_probe):
+        from sage_cli.bench.grading import grade_yes_no
+
+        return grade_yes_no(text, question, self.opts.protocol, self.opts.grader, p_yes, p_probe, self.llm)
+
+
+def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
+    """Every check before any work (facts, questions, judges, the run folder), then the folder's start."""
     from sage_cli.bench import grading
 
-    note = note or (lambda msg: None)
-    t_start = time.perf_counter()
     out = Path(opts.out)
     facts = Facts(opts.facts)  # read before any work: a bad facts file fails at once
     polarity = detect_polarity(opts.detect_question)
@@ -289,151 +264,158 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     llm = grading.LLMGrader(opts.grader, opts.grader_model) if opts.grader.startswith(("http://", "https://")) else None
     config = opts.config(judge.name if judge else None)
     unlabelled = sum(1 for it in loaded.items if it.defective is None)
-    if unlabelled and opts.strict:  # before any work
+    if unlabelled and opts.strict:
         first = next(it.id for it in loaded.items if it.defective is None)
         raise SageError(f"{unlabelled} group(s) have no detection label (first: {first}): nothing in the data says "
                         "whether the part is defective")
     rundir.prepare(out, config, opts.resume, opts.overwrite)
-    sbert_model = None
+    sbert = None
     if opts.sbert and any(q.best_option is not None for it in loaded.items for q in it.questions):
         from sage_cli.models.sbert import SBert
 
-        sbert_model = SBert.load()
+        sbert = SBert.load()
     if judge is not None:
-        judge.prepare(sbert_model)  # the endpoint check, before anything is written
+        judge.prepare(sbert)  # the endpoint check, before anything is written
     if llm is not None:
         llm.prepare()
         config["grader_model"] = llm.endpoint.model
-
-    def grade(text, question, p_yes, p_probe):
-        return grading.grade_yes_no(text, question, opts.protocol, opts.grader, p_yes, p_probe, llm)
     out.mkdir(parents=True, exist_ok=True)
-    samples_path = out / rundir.SAMPLES
-    done = rundir.read_samples(samples_path) if opts.resume else {}
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    done = rundir.read_samples(out / rundir.SAMPLES) if opts.resume else {}
     base = {"results_format": rundir.RESULTS_FORMAT, "format": opts.fmt, "root": config["root"], "config": config,
-            "versions": rundir.versions(), "git": rundir.git_commit(), "started": started}
+            "versions": rundir.versions(), "git": rundir.git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rundir.write_results(out, {**base, "status": "running"})
+    return _Run(opts, loaded, facts, config, base, done, polarity, judge, llm, sbert, unlabelled=unlabelled)
 
-    timing = Timing()
-    engine = None
 
-    def get_engine():
-        nonlocal engine
-        if engine is None:
-            from sage_cli.models.engine import Engine
+def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> tuple[list[dict], object]:
+    """One item's samples: one encoding, its questions as one batch, probes, scores; (samples, prefix)."""
+    from sage_cli.bench import grading
 
-            t0 = time.perf_counter()
-            engine = Engine.load(opts.backbone, opts.checkpoint, dtype=opts.dtype, device=opts.device, seed=opts.seed)
-            timing.load_s = time.perf_counter() - t0
-        return engine
+    opts, eng = run.opts, run.get_engine()
+    t0 = time.perf_counter()
+    prefix = eng.encode(test_img, ref_img, run.facts(item.path(item.test_image)))
+    t1 = time.perf_counter()
+    answers = eng.answer_group(prefix, [grading.prompt(bq.prompt, opts.protocol) for bq in todo],
+                               max_new_tokens=opts.max_new_tokens)
+    probes = [None] * len(todo)
+    if opts.grader == "probe" and item.kind == "yesno":
+        probes = [eng.p_yes(prefix, bq.prompt + grading.PROBE_SUFFIX) for bq in todo]
+    t2 = time.perf_counter()
+    t = run.timing
+    t.items, t.encode_s, t.answer_s = t.items + 1, t.encode_s + t1 - t0, t.answer_s + t2 - t1
+    t.questions += len(todo)
+    t.new_tokens += sum(a.new_tokens for a in answers)
+    sims = _sbert_scores(run.sbert, item, todo, answers)
+    amap = eng.anomaly(prefix)
+    peak = amap["max"] if amap else None
+    recs = [_sample(item, bq, a, s, peak, auto_detect=run.polarity is None, grade=run.grade, p_probe=pp)
+            for bq, a, s, pp in zip(todo, answers, sims, probes)]
+    _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, run.polarity)
+    if amap is not None and recs[0]["q"] == item.questions[0].q:
+        recs[0]["anomaly_map"] = map_field(amap)
+    if run.judge is not None:
+        mle = run.judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
+        for r in recs:
+            if r["q"] in mle:
+                r["mle"] = mle[r["q"]]
+    return recs, prefix
 
+
+def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> Outcome:
+    """Answer every missing question of `loaded.items`, then write results.json and the plots."""
+    from sage_cli import jsonl
+    from sage_cli.data.images import load_rgb
+
+    note = note or (lambda msg: None)
+    t_start = time.perf_counter()
+    run = _prepare(opts, loaded)
     examples: list[dict] = []
     unreadable: list[str] = []
     answered = 0
-    total = len(loaded.items)
     for n, item in enumerate(loaded.items, 1):
-        todo = [bq for bq in item.questions if (item.id, bq.q) not in done]
-        if not todo:
-            if progress:
-                progress(n, total)
-            continue
-        try:
-            test_img = load_rgb(item.path(item.test_image))
-            ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
-        except SageError as e:
-            unreadable.append(str(e))  # retried by a later --resume; left out of the metrics
-            if opts.strict:
-                raise
-            continue
-        eng = get_engine()
-        t0 = time.perf_counter()
-        prefix = eng.encode(test_img, ref_img, facts(item.path(item.test_image)))
-        t1 = time.perf_counter()
-        prompts = [grading.prompt(bq.prompt, opts.protocol) for bq in todo]
-        answers = eng.answer_group(prefix, prompts, max_new_tokens=opts.max_new_tokens)
-        probes = [None] * len(todo)
-        if opts.grader == "probe" and item.kind == "yesno":
-            probes = [eng.p_yes(prefix, bq.prompt + grading.PROBE_SUFFIX) for bq in todo]
-        t2 = time.perf_counter()
-        timing.items += 1
-        timing.encode_s += t1 - t0
-        timing.answer_s += t2 - t1
-        timing.questions += len(todo)
-        timing.new_tokens += sum(a.new_tokens for a in answers)
-        sims = _sbert_scores(sbert_model, item, todo, answers)
-        amap = eng.anomaly(prefix)
-        peak = amap["max"] if amap else None
-        recs = [_sample(item, bq, a, s, peak, auto_detect=polarity is None, grade=grade, p_probe=pp)
-                for bq, a, s, pp in zip(todo, answers, sims, probes)]
-        _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, polarity)
-        if amap is not None and recs[0]["q"] == item.questions[0].q:
-            recs[0]["anomaly_map"] = map_field(amap)
-        if judge is not None:
-            mle = judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
-            for r in recs:
-                if r["q"] in mle:
-                    r["mle"] = mle[r["q"]]
-        jsonl.append(samples_path, recs)
-        for r in recs:
-            done[(item.id, r["q"])] = r
-        answered += len(recs)
-        if opts.plots and len(examples) < EXAMPLES:
-            examples.append(_example(item, test_img, eng, prefix, recs[0]))
+        todo = [bq for bq in item.questions if (item.id, bq.q) not in run.done]
+        if todo:
+            try:
+                test_img = load_rgb(item.path(item.test_image))
+                ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
+            except SageError as e:
+                unreadable.append(str(e))  # retried by a later --resume; left out of the metrics
+                if opts.strict:
+                    raise
+                continue
+            recs, prefix = _answer_item(run, item, todo, test_img, ref_img)
+            jsonl.append(run.samples_path, recs)
+            run.done.update({(item.id, r["q"]): r for r in recs})
+            answered += len(recs)
+            if opts.plots and len(examples) < EXAMPLES:
+                examples.append(_example(item, test_img, run.engine, prefix, recs[0]))
         if progress:
-            progress(n, total)
+            progress(n, len(loaded.items))
 
     keys = [(it.id, bq.q) for it in loaded.items for bq in it.questions]
-    samples = [done[k] for k in keys if k in done]
+    samples = [run.done[k] for k in keys if k in run.done]
     if not samples:
         raise SageError(f"no question could be answered ({unreadable[0] if unreadable else 'no items'})")
-    rundir.write_samples_csv(out, samples)
+    rundir.write_samples_csv(Path(opts.out), samples)
     if opts.plots and len(examples) < EXAMPLES:
-        examples += _more_examples(loaded.items, done, {e["id"] for e in examples}, EXAMPLES - len(examples),
-                                   get_engine, facts)
+        examples += _more_examples(loaded.items, run.done, {e["id"] for e in examples}, EXAMPLES - len(examples),
+                                   run.get_engine, run.facts)
+    results = _results(run, samples, len(keys), answered, unreadable, time.perf_counter() - t_start)
+    if opts.plots:
+        results["plots"] = _plots(Path(opts.out), opts, results, examples, note)
+    rundir.write_results(Path(opts.out), results)
+    return Outcome(results, samples, examples, results["notes"])
 
+
+def _notes(run: _Run, unreadable: list[str]) -> list[str]:
+    opts, loaded = run.opts, run.loaded
     notes = []
     if loaded.no_reference:
         notes.append(f"{loaded.no_reference} item(s) without a reference image left out of this one-shot run")
     if unreadable:
         notes.append(f"{len(unreadable)} item(s) with an unreadable image left out (first: {unreadable[0]})")
-    if facts.missing:
-        notes.append(f"{facts.missing} test image(s) had no facts in {opts.facts}; answered with the checkpoint's "
+    if run.facts.missing:
+        notes.append(f"{run.facts.missing} test image(s) had no facts in {opts.facts}; answered with the checkpoint's "
                      "default facts (facts.txt) where it has them, else without facts")
     if loaded.problems:
         notes.append(f"{len(loaded.problems)} data problem(s) skipped while reading (first: {loaded.problems[0]})")
     if opts.checkpoint is None:
         notes.append("no --checkpoint: the SAGE layers are untrained, so these are not a trained model's scores")
+    if run.unlabelled:
+        notes.append(f"{run.unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
+                     "whether the part is defective); left out of AUROC")
+    return notes
 
+
+def _results(run: _Run, samples: list[dict], selected: int, answered: int, unreadable: list[str],
+             total_s: float) -> dict:
+    """results.json: every metric recomputed from the samples, with counts, timing and notes."""
+    from sage_cli.bench import metrics
+
+    opts, loaded = run.opts, run.loaded
     sources: dict[str, int] = {}
     for s in samples:
         sources[s["verdict_source"]] = sources.get(s["verdict_source"], 0) + 1
-    if unlabelled:
-        notes.append(f"{unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
-                     "whether the part is defective); left out of AUROC")
     summary = metrics.summarize(samples, with_types=opts.fmt == "mmad", protocol=opts.protocol)
     summary["pixel"] = pixel_results(loaded.items, samples)
     results = {
-        **base,
+        **run.base,
         "protocol": opts.protocol,
         "grader": opts.grader if opts.protocol != "paper" else "paper",
-        "status": "done" if len(samples) == len(keys) else "partial",
+        "status": "done" if len(samples) == selected else "partial",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "metrics": summary,
         "counts": {"groups": len({s["group_id"] for s in samples}), "questions": len(samples),
-                   "questions_selected": len(keys), "answered_this_run": answered,
+                   "questions_selected": selected, "answered_this_run": answered,
                    "from_earlier_runs": len(samples) - answered, "no_reference": loaded.no_reference,
                    "unreadable": len(unreadable), "data_problems": len(loaded.problems),
-                   "facts_missing": facts.missing, "verdict_sources": dict(sorted(sources.items()))},
-        "timing": timing.report(time.perf_counter() - t_start),
-        "notes": notes,
+                   "facts_missing": run.facts.missing, "verdict_sources": dict(sorted(sources.items()))},
+        "timing": run.timing.report(total_s),
+        "notes": _notes(run, unreadable),
     }
-    if engine is not None:
-        results["config"] = {**results["config"], "backbone_loaded": engine.backbone_name}
-    if opts.plots:
-        results["plots"] = _plots(out, opts, results, examples, note)
-    rundir.write_results(out, results)
-    return Outcome(results, samples, examples, notes)
+    if run.engine is not None:
+        results["config"] = {**results["config"], "backbone_loaded": run.engine.backbone_name}
+    return results
 
 
 def _detect_fallback(item: BenchItem, recs: list[dict], eng, prefix, peak, question: str | None,
