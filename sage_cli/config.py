@@ -9,7 +9,6 @@ for a command that knows its kind).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, did_you_mean
 
 # ---------------------------------------------------------------------------------------------
 # Schemas. Defaults are the embedded CPU-friendly settings; the paper's large-backbone settings
@@ -300,8 +299,8 @@ def to_yaml(recipe: Any) -> str:
 
 
 def _hint(word: str, choices: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    hint = did_you_mean(word, choices)
+    return hint.replace(" (did you mean '", f" (did you mean '{prefix}", 1)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

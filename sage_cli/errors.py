@@ -18,3 +18,12 @@ def require(module: str, package: str | None = None, extra: str | None = None):
         pkg = package or module
         hint = f"pip install 'sage-cli[{extra}]'" if extra else f"pip install {pkg}"
         raise SageError(f"this needs the '{pkg}' package, which is not installed ({hint})") from None
+
+
+def did_you_mean(word: str, choices, cutoff: float = 0.6, quote: str = "'") -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' when none is close: the one hint every
+    "unknown name" error uses (recipe keys, judges, categories, defect kinds)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""

@@ -39,7 +39,7 @@ from sage_cli.bench.mle_judge import BenchJudge
 from sage_cli.errors import SageError
 
 EXAMPLES = 4  # test images shown in plots/examples.png
-DETECT_QUESTION = "Is there any defect on the test object?"  # asked of items without a detection question
+from sage_cli.defaults import DEFAULT_QUESTION as DETECT_QUESTION  # asked of items without a detection question
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-DEFAULT_QUESTION = "Is there any defect on the test object?"
+from sage_cli.defaults import DEFAULT_QUESTION
 
 
 def infer(

@@ -181,11 +181,9 @@ def make_judge(name: str, recipe, *, dry_run: bool = False):
         return LLMJudge(Endpoint.from_config(recipe.endpoint), recipe)
     if name == "offline:sbert":
         return SBertJudge()
-    import difflib
+    from sage_cli.errors import did_you_mean
 
-    close = difflib.get_close_matches(name, JUDGES, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise SageError(f"unknown judge {name!r}{hint}; choose one of: {', '.join(JUDGES)}")
+    raise SageError(f"unknown judge {name!r}{did_you_mean(name, JUDGES)}; choose one of: {', '.join(JUDGES)}")
 
 
 def rubric_digest(recipe) -> str:

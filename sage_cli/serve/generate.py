@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from sage_cli.defaults import DEFAULT_QUESTION  # as `sage infer` without -q
 from sage_cli.errors import SageError
 from sage_cli.serve.protocol import ApiError, ChatRequest, Limits
-
-DEFAULT_QUESTION = "Is there any defect on the test object?"  # as `sage infer` without -q
 
 
 @dataclass
