@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from sage_cli.commands.options import Backbone, Checkpoint, Device, Dtype
+
 FORMAT_HELP = {
     "manta": "MANTA QA: JsonData/<domain>_QA.json with ImageData/<domain>/ (five yes/no questions per record).",
     "mpdd": "MPDD-QA (MANTA's schema): JsonData/<domain>_QA.json with ImageData/<domain>/.",
@@ -32,54 +34,82 @@ PROTOCOL_HELP = {
 }
 
 
-def _bench_command(fmt: str):
+def command_for(fmt: str):
+    """The `sage bench FMT` command (registered once per format)."""
+
     def bench(
         root: Path = typer.Option(..., "--root", help="The data set (see above)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
-        backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
+        checkpoint: Checkpoint = None,
+        backbone: Backbone = None,
         shots: int = typer.Option(1, "--shots", help="1: with the normal reference image (one-shot); 0: the test image alone (zero-shot)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N items per category (a stable seeded choice, as `sage prefs build --limit`)."),
         categories: Optional[str] = typer.Option(None, "--categories", help="Only these categories, comma-separated (e.g. bottle,screw)."),
         facts: Optional[Path] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash) or a text file (one fact per line, for every image)."),
         judge: Optional[str] = typer.Option(None, "--judge", help="MLE scores by a judge: an OpenAI-compatible URL (http://HOST:PORT/v1), 'endpoint' (the score recipe's), or 'offline:sbert'."),
         judge_model: Optional[str] = typer.Option(None, "--judge-model", help="The judge's model name at the endpoint."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/bench/<format>-<model>-<shots>shot)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/bench/FORMAT-MODEL-Nshot)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: answer only the questions not in its samples.jsonl."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 or float16."),
+        device: Device = "auto",
+        dtype: Dtype = "auto",
         seed: int = typer.Option(0, "--seed", help="Seeds --limit's choice, MVTec references and untrained SAGE layers."),
         sbert: bool = typer.Option(True, "--sbert/--no-sbert", help="SBERT similarity to the best-ranked answer (all-MiniLM-L6-v2)."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots under RUN_DIR/plots (needs matplotlib)."),
-        strict: bool = typer.Option(False, "--strict", help="Stop at the first data problem instead of skipping it."),
-        detect_question: Optional[str] = typer.Option(None, "--detect-question", help="Read detection AUROC from this one yes/no question's P(yes), asked of every image (e.g. 'Is there any defect on the test object?'), instead of from each group's own first detection question, whose wording varies."),
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first data problem (or a group with no detection label) instead of skipping it."),
+        detect_question: Optional[str] = typer.Option(None, "--detect-question", help="Read detection AUROC from this one yes/no question's P(yes), asked of every image (e.g. 'Is there any defect on the test object?'), instead of from each group's own detection question, whose wording varies."),
         protocol: Optional[str] = typer.Option(None, "--protocol", help=PROTOCOL_HELP[fmt]),
         grader: str = typer.Option("text", "--grader", help="Who reads a yes/no answer (protocol sage): text (sage's reader, P(yes) where it finds no verdict), probe (ask again with 'Answer yes or no.' and take P(yes)), or an OpenAI-compatible URL (an LLM reads each answer)."),
         grader_model: Optional[str] = typer.Option(None, "--grader-model", help="The grading LLM's model name at --grader URL."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
-        from sage_cli.bench.grading import check_grader, resolve_protocol
+        from sage_cli.bench.runner import BenchOptions
 
-        protocol = resolve_protocol(protocol, fmt)
-        check_grader(grader, protocol)
-        _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-             overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question,
-             protocol, grader, grader_model)
+        opts = BenchOptions(fmt=fmt, root=root, out=out, backbone=backbone, checkpoint=checkpoint, shots=shots,
+                            facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=categories, seed=seed,
+                            device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model, plots=plots,
+                            resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question,
+                            protocol=protocol, grader=grader, grader_model=grader_model)
+        _run(opts, as_json)
 
-    bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC, "
-                     f"per-category accuracy{', accuracy per question type' if fmt == 'mmad' else ''}, and MLE "
-                     f"scores with --judge (the paper's Tables 1-3).\n\n{FORMAT_HELP[fmt]}\n\n"
+    bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC "
+                     f"(with its n) and F1-max, pixel AUROC and AUPRO where masks exist, per-category accuracy"
+                     f"{', accuracy per question type' if fmt == 'mmad' else ''}, and MLE scores with --judge "
+                     f"(the paper's Tables 1-3).\n\n{FORMAT_HELP[fmt]}\n\n"
                      "Each item's images and facts are encoded once and its questions answered as one batch. "
                      "RUN_DIR gets results.json, samples.jsonl (one line per answered question, written as they "
-                     "come; --resume skips finished items) and plots/. An answer without a clear yes/no is "
-                     "decided by P(yes) >= 0.5 (verdict_source \"p_yes\" in samples.jsonl).")
+                     "come; --resume skips finished items), samples.csv and plots/. How an answer's verdict was "
+                     "reached is in samples.jsonl (verdict_source).")
     return bench
 
 
-def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge, judge_model, out, resume,
-         overwrite, max_new_tokens, device, dtype, seed, sbert, plots, strict, as_json, detect_question,
-         protocol, grader, grader_model) -> None:
+def _resolve(opts) -> None:
+    """Every option checked, and the defaults filled in, before any data is read or model loaded."""
+    from sage_cli.bench import rundir
+    from sage_cli.bench.grading import check_grader, resolve_protocol
+    from sage_cli.bench.runner import detect_polarity
+    from sage_cli.errors import SageError
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
+    from sage_cli.prefs.pipeline import parse_categories
+
+    opts.protocol = resolve_protocol(opts.protocol, opts.fmt)
+    check_grader(opts.grader, opts.protocol)
+    if opts.shots not in (0, 1):
+        raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {opts.shots}")
+    if opts.detect_question is not None and opts.fmt == "mmad":
+        raise SageError("--detect-question needs yes/no data; MMAD's questions are multiple choice")
+    detect_polarity(opts.detect_question)  # a question that asks neither way fails before any work
+    checkpoint = resolve_checkpoint(opts.checkpoint, opts.backbone)
+    opts.checkpoint = str(checkpoint) if checkpoint else None
+    if opts.resume and opts.overwrite:
+        raise SageError("--resume and --overwrite contradict each other; give one")
+    if not Path(opts.root).exists():
+        raise SageError(f"{opts.root}: no such file or directory")
+    opts.categories = parse_categories(opts.categories)
+    opts.out = opts.out or rundir.default_out(opts.fmt, opts.backbone, opts.checkpoint, opts.shots)
+
+
+def _run(opts, as_json: bool) -> None:
     import json
     import sys
 
@@ -88,41 +118,22 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
 
     from sage_cli.bench import rundir
     from sage_cli.bench.items import load_items
-    from sage_cli.bench.runner import BenchOptions, detect_polarity, run_bench
-    from sage_cli.errors import SageError
-    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
-    from sage_cli.prefs.pipeline import parse_categories
+    from sage_cli.bench.runner import run_bench
 
-    if shots not in (0, 1):
-        raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {shots}")
-    if detect_question is not None and fmt == "mmad":
-        raise SageError("--detect-question needs yes/no data; MMAD's questions are multiple choice")
-    detect_polarity(detect_question)  # a question that asks neither way fails before any work
-    checkpoint = resolve_checkpoint(checkpoint, backbone)
-    if resume and overwrite:
-        raise SageError("--resume and --overwrite contradict each other; give one")
-    if not root.exists():
-        raise SageError(f"{root}: no such file or directory")
-    cats = parse_categories(categories)
-    out = out or rundir.default_out(fmt, backbone, str(checkpoint) if checkpoint else None, shots)
-    loaded = load_items(fmt, root, shots, cats, limit, seed, strict)
-    opts = BenchOptions(fmt=fmt, root=root, out=out, backbone=backbone, checkpoint=str(checkpoint) if checkpoint else None,
-                        shots=shots, facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=cats,
-                        seed=seed, device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model,
-                        plots=plots, resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question,
-                        protocol=protocol, grader=grader, grader_model=grader_model)
+    _resolve(opts)
+    loaded = load_items(opts.fmt, Path(opts.root), opts.shots, opts.categories, opts.limit, opts.seed, opts.strict)
     err = Console(stderr=True)
     notes: list[str] = []
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
-        task = bar.add_task(f"bench {fmt}", total=len(loaded.items))
+        task = bar.add_task(f"bench {opts.fmt}", total=len(loaded.items))
         outcome = run_bench(opts, loaded, progress=lambda n, total: bar.update(task, completed=n), note=notes.append)
     res = outcome.results
     if as_json:
         sys.stdout.write(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
         return
     console = Console()
-    console.print(_run_table(res, out))
+    console.print(_run_table(res, Path(opts.out)))
     for extra in (_mmad_table(res), _detection_table(res)):
         if extra is not None:
             console.print(extra)
@@ -134,7 +145,7 @@ def _run(fmt, root, checkpoint, backbone, shots, limit, categories, facts, judge
         tps = f" · {t['tokens_per_s']:.1f} tokens/s" if t.get("tokens_per_s") else ""
         err.print(f"{res['counts']['answered_this_run']} questions answered in this run · "
                   f"{t['per_group_s']:.2f} s per group{tps} · load {t['load_s']:.1f} s")
-    console.print(f"results: {out / rundir.RESULTS}")
+    console.print(f"results: {Path(opts.out) / rundir.RESULTS}")
 
 
 def _detection_table(res: dict):
@@ -270,5 +281,5 @@ def register(bench_app: typer.Typer) -> None:
     from sage_cli.bench.items import FORMATS
 
     for fmt in FORMATS:
-        bench_app.command(fmt)(_bench_command(fmt))
+        bench_app.command(fmt)(command_for(fmt))
     bench_app.command("compare")(compare)

@@ -9,10 +9,12 @@ from typing import Optional
 
 import typer
 
+from sage_cli.commands.options import Backbone, Checkpoint, Device, Dtype, Seed
+
 
 def serve(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint)."),
+    checkpoint: Checkpoint = None,
+    backbone: Backbone = None,
     llm_only: bool = typer.Option(False, "--llm-only", help="Text chat with the backbone's LLM only (a local judge or fact writer); images are refused."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback is reachable from other machines: use --api-key-env."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: a free one; the URL is printed)."),
@@ -22,9 +24,9 @@ def serve(
     max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="Largest request body, in MB."),
     max_image_mb: float = typer.Option(10.0, "--max-image-mb", min=0.001, help="Largest image (decoded file), in MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Most pixels (width x height) of an image; guards against decompression bombs."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 or float16."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the untrained SAGE layers when no checkpoint is given."),
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
     quiet: bool = typer.Option(False, "--quiet", help="No line per request on stderr (failures are still logged)."),
 ) -> None:
     """Serve a sage model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions).
