@@ -22,7 +22,7 @@ from conftest import (
 )
 
 from sage_cli.data._common import choose_reference
-from sage_cli.data.detect import FORMATS, detect_format, open_dataset
+from sage_cli.data.formats import FORMATS, detect_format, open_dataset
 from sage_cli.data.manta import PAIR_TYPE_WORDS, pair_type_of, read_manta
 from sage_cli.data.mmad import MMADItem
 from sage_cli.data.mvtec import CATEGORIES, MPDD_CATEGORIES, read_mvtec

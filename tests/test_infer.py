@@ -266,7 +266,7 @@ def test_cli_checkpoint_answers_like_the_saved_model(tiny_vlm, tmp_path, capsys)
 @pytest.mark.slow
 def test_sage_smol_map_peaks_inside_the_real_defects(hazelnut_root):
     """On every real hazelnut defect (crack, colour) the Eq. 1 map's peak patch lies inside the mask."""
-    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.formats import open_dataset
     from sage_cli.data.images import load_mask, load_rgb
 
     eng = Engine.load("sage-smol")

@@ -80,30 +80,27 @@ class Loaded:
 
 def check_layout(fmt: str, root: Path) -> None:
     """SageError unless `root` holds `fmt` data, naming what it looks like instead."""
-    from sage_cli.data import manta, mmad, mvtec, qa_jsonl
-    from sage_cli.data.detect import LAYOUTS, detect_format
+    from sage_cli.data.formats import detect_format, reader
 
     if not root.exists():
         raise SageError(f"{root}: no such file or directory")
-    ok = {"manta": manta.looks_like_manta, "mpdd": manta.looks_like_manta, "mmad": mmad.looks_like_mmad,
-          "mvtec": mvtec.looks_like_mvtec,
-          "qa": lambda r: qa_jsonl.is_qa_file(r) if r.is_file() else bool(qa_jsonl.qa_files(r))}[fmt]
-    if root.is_file() and fmt != "qa":
-        raise SageError(f"{root}: not a directory (sage bench {fmt} needs a {LAYOUTS[READER[fmt]]})")
-    if ok(root):
+    r = reader(READER[fmt])
+    if root.is_file() and not r.file_ok:
+        raise SageError(f"{root}: not a directory (sage bench {fmt} needs a {r.layout})")
+    if r.recognise(root):
         return
     try:
         other = detect_format(root)
     except SageError:
         other = None
     hint = f"; it looks like {other} data (try `sage bench {other}`)" if other and other != "visa" else ""
-    raise SageError(f"{root}: not {fmt} data (expected {LAYOUTS[READER[fmt]]}){hint}")
+    raise SageError(f"{root}: not {fmt} data (expected {r.layout}){hint}")
 
 
 def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = None, limit: int | None = None,
                seed: int = 0, strict: bool = False) -> Loaded:
     """The items of one benchmark run, filtered and limited; SageError when none is left."""
-    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.formats import open_dataset
     from sage_cli.prefs.pipeline import PrefsOptions, check_categories, limit_per_category, make_groups
 
     if fmt not in FORMATS:

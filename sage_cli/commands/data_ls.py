@@ -21,7 +21,7 @@ def ls(
     seed: int = typer.Option(0, "--seed", help="Seed for choosing the reference (normal) image of each test image."),
 ) -> None:
     """Print what a dataset root holds: format, categories, counts per split and defect type, masks."""
-    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.formats import open_dataset
 
     ds = open_dataset(root, fmt=fmt, strict=strict, seed=seed, check_images=check)
     summary = ds.summary()

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from sage_cli.data.reader import Reader
 from sage_cli.data._common import (
     checked_rel,
     failed,
@@ -271,3 +272,7 @@ def _group(root, domain, index, rid, rec, problems: Problems, where: str, check:
     )
     group.anomalous, group.label_source = anomaly_label(group, rec["pair_type"])
     return group
+
+
+READER = Reader("manta", "qa", "<root>/JsonData/<domain>_QA.json with ImageData/<domain>/ (MANTA, MPDD-QA)",
+                looks_like_manta, read_manta)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from sage_cli.data.reader import Reader
 from sage_cli.data._common import checked_rel, failed, load_json, reason, verify_image
 from sage_cli.data.problems import Problems
 from sage_cli.errors import SageError
@@ -182,3 +183,6 @@ def _item(root: Path, index: int, key: str, value, problems: Problems, check: bo
         random_templates=templates["random_templates"],
         mask=mask,
     )
+
+
+READER = Reader("mmad", "mmad", "<root>/mmad.json with the image folders", looks_like_mmad, read_mmad)

@@ -29,6 +29,7 @@ import posixpath
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from sage_cli.data.reader import Reader
 from sage_cli.data._common import checked_rel, choose_reference, describe_mask, verify_image
 from sage_cli.data.images import is_image
 from sage_cli.data.problems import Problems
@@ -200,3 +201,7 @@ def _read_category(root: Path, category: str, prefix: str, problems: Problems, s
         if label not in test_labels:
             for mask in _images(root, rel("ground_truth", label)):
                 problems.report(mask, f"mask has no test image (there is no {rel('test', label)}/ folder)")
+
+
+READER = Reader("mvtec", "image", "<root>/<category>/train/good, test/<defect|good>, ground_truth/<defect> "
+                "(MVTec AD, MPDD)", looks_like_mvtec, read_mvtec, seeded=True)

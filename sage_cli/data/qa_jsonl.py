@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sage_cli import jsonl
 from sage_cli.atomic import replacing
+from sage_cli.data.reader import Reader
 from sage_cli.data._common import checked_rel, verify_image
 from sage_cli.data.labels import anomaly_label
 from sage_cli.data.problems import Problems
@@ -217,3 +218,21 @@ def existing_ids(path: Path | str) -> set[str]:
         if d is not None and d.get("id") is not None:
             ids.add(str(d["id"]))
     return ids
+
+
+def looks_like_qa(root: Path) -> bool:
+    """A sage-qa file, or a folder that holds one."""
+    return is_qa_file(root) if Path(root).is_file() else bool(qa_files(root))
+
+
+def read_qa(root: Path | str, problems: Problems | None = None, *, check_images: bool = False) -> Iterator[QAGroup]:
+    """One sage-qa file, or every one in a folder; SageError for a folder that holds none."""
+    root = Path(root)
+    if root.is_file():
+        return read_qa_jsonl(root, problems, check_images=check_images)
+    if not qa_files(root):
+        raise SageError(f"{root}: no sage-qa .jsonl file here")
+    return read_qa_dir(root, problems, check_images=check_images)
+
+
+READER = Reader("qa", "qa", "sage-qa/1 .jsonl files (or ROOT is one)", looks_like_qa, read_qa, file_ok=True)

@@ -23,6 +23,7 @@ import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 
+from sage_cli.data.reader import Reader
 from sage_cli.data._common import checked_rel, choose_reference, describe_mask, verify_image
 from sage_cli.data.images import is_image
 from sage_cli.data.problems import Problems
@@ -111,7 +112,40 @@ def read_visa(
     if rows is None:
         return
 
-    parsed = []  # (object, split, label, image, mask-or-None)
+    parsed, used_masks, objects = _parse_rows(root, rows, problems)
+    type_cache: dict[str, dict[str, str]] = {}
+    normals: dict[str, list[str]] = {}
+    for obj, split, label, image, _ in parsed:
+        if split == "train" and label == "normal":
+            if check_images and verify_image(root, image, problems) is None:
+                continue
+            normals.setdefault(obj, []).append(image)
+            yield ImageRecord(root, obj, "train", image, "good")
+
+    for obj, split, label, image, mask in parsed:
+        if split == "train" and label == "normal":
+            continue
+        size = None
+        if check_images and (size := verify_image(root, image, problems)) is None:
+            continue
+        reference = choose_reference(normals.get(obj, ()), seed, image) if split == "test" else None
+        if label == "normal":
+            yield ImageRecord(root, obj, split, image, "good", None, reference)
+            continue
+        described = describe_mask(root, image, mask, problems, size)
+        if described is None:
+            continue
+        box, location, area = described
+        dtype = _types_for(root, obj, type_cache).get(image, DEFAULT_TYPE)
+        defect = Defect(type=dtype, mask=mask, bbox=box, location=location, area_frac=area)
+        yield ImageRecord(root, obj, split, image, dtype, defect, reference)
+
+    _report_unused_masks(root, objects, used_masks, problems)
+
+
+def _parse_rows(root: Path, rows: list[dict], problems: Problems) -> tuple[list[tuple], set[str], list[str]]:
+    """The usable rows as (object, split, label, image, mask-or-None), the masks they use, the objects."""
+    parsed = []
     used_masks: set[str] = set()
     objects: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -144,34 +178,11 @@ def read_visa(
             if mask is None:
                 continue
         parsed.append((obj, split, label, image, mask))
+    return parsed, used_masks, objects
 
-    type_cache: dict[str, dict[str, str]] = {}
-    normals: dict[str, list[str]] = {}
-    for obj, split, label, image, _ in parsed:
-        if split == "train" and label == "normal":
-            if check_images and verify_image(root, image, problems) is None:
-                continue
-            normals.setdefault(obj, []).append(image)
-            yield ImageRecord(root, obj, "train", image, "good")
 
-    for obj, split, label, image, mask in parsed:
-        if split == "train" and label == "normal":
-            continue
-        size = None
-        if check_images and (size := verify_image(root, image, problems)) is None:
-            continue
-        reference = choose_reference(normals.get(obj, ()), seed, image) if split == "test" else None
-        if label == "normal":
-            yield ImageRecord(root, obj, split, image, "good", None, reference)
-            continue
-        described = describe_mask(root, image, mask, problems, size)
-        if described is None:
-            continue
-        box, location, area = described
-        dtype = _types_for(root, obj, type_cache).get(image, DEFAULT_TYPE)
-        defect = Defect(type=dtype, mask=mask, bbox=box, location=location, area_frac=area)
-        yield ImageRecord(root, obj, split, image, dtype, defect, reference)
-
+def _report_unused_masks(root: Path, objects: list[str], used_masks: set[str], problems: Problems) -> None:
+    """Masks in ``<object>/Data/Masks/Anomaly`` that no row uses: a sign of a broken split file."""
     for obj in objects:
         mask_dir = root / obj / "Data" / "Masks" / "Anomaly"
         if not mask_dir.is_dir():
@@ -180,3 +191,7 @@ def read_visa(
             rel = posixpath.join(obj, "Data", "Masks", "Anomaly", p.name)
             if p.is_file() and is_image(p) and not p.name.startswith(".") and rel not in used_masks:
                 problems.report(rel, f"mask has no image (no anomaly row of {SPLIT_CSV} uses it)")
+
+
+READER = Reader("visa", "image", "<root>/split_csv/1cls.csv with the VisA object folders", looks_like_visa, read_visa,
+                seeded=True)
