@@ -191,6 +191,11 @@ def find_accelerate_config(name_or_path: str) -> Path:
                     f"{_hint(name_or_path, list(shipped))}")
 
 
+def short_name_matches(name: str) -> list[str]:
+    """The shipped recipes whose short name is `name` ("sage-smol" -> ["edpo/sage-smol", "sfe/sage-smol"])."""
+    return [n for n in list_recipes() if n.split("/", 1)[-1] == name]
+
+
 def find_recipe(name_or_path: str, kind: str | None = None) -> Path:
     """A recipe file from a path or a name; `kind` lets `sage-smol` mean `sfe/sage-smol`."""
     p = Path(name_or_path)
@@ -202,6 +207,11 @@ def find_recipe(name_or_path: str, kind: str | None = None) -> Path:
     for key in ([f"{kind}/{name_or_path}"] if kind else []) + [name_or_path]:
         if key in known:
             return known[key]
+    matches = short_name_matches(name_or_path) if kind is None else []
+    if len(matches) == 1:
+        return known[matches[0]]
+    if matches:
+        raise SageError(f"{name_or_path!r} names {len(matches)} recipes ({', '.join(matches)}); give one of them")
     names = [n for n in known if kind is None or n.startswith(f"{kind}/")]
     short = [n.split("/", 1)[-1] for n in names] if kind else names
     raise SageError(f"no recipe named {name_or_path!r}{_hint(name_or_path, short)} (see `sage recipes ls`)")

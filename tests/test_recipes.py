@@ -119,3 +119,17 @@ def test_recipes_ls_show_validate_cp(capsys, tmp_path):
     assert run(["recipes", "validate", str(copied)]) == 1
     assert "did you mean 'edpo.beta'" in capsys.readouterr().out
     assert run(["train", "edpo", "--recipe", str(copied)]) == 1
+
+
+def test_short_recipe_names_everywhere(capsys, tmp_path):
+    """`sage-smol` names sfe/sage-smol and edpo/sage-smol: show and validate take both, cp asks for one."""
+    assert run(["recipes", "show", "sage-smol"]) == 0
+    out = capsys.readouterr().out
+    assert "# --- edpo/sage-smol ---" in out and "# --- sfe/sage-smol ---" in out and "kind: sfe" in out
+    assert run(["recipes", "validate", "sage-smol"]) == 0
+    assert capsys.readouterr().out.count("ok ") == 2
+    assert run(["recipes", "cp", "sage-smol", str(tmp_path / "x.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "names 2 recipes (edpo/sage-smol, sfe/sage-smol)" in err and len(err.strip().splitlines()) == 1
+    assert run(["recipes", "show", "internvl2-8b", "--resolved"]) == 0  # each kind's resolved recipe
+    assert run(["recipes", "cp", "sfe/sage-smol", str(tmp_path / "x.yaml")]) == 0

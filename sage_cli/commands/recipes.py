@@ -27,11 +27,16 @@ def show(
     name: str = typer.Argument(..., help="Recipe name or path."),
     resolved: bool = typer.Option(False, "--resolved", help="Print with every default filled in."),
 ) -> None:
-    """Print a recipe: the file as written, or resolved with defaults."""
-    from sage_cli.config import find_recipe, load_recipe, to_yaml
+    """Print a recipe: the file as written, or resolved with defaults. A short name that several kinds
+    share (sage-smol: sfe/sage-smol and edpo/sage-smol) prints each, under a comment naming it."""
+    from sage_cli.config import find_recipe, list_recipes, load_recipe, short_name_matches, to_yaml
 
-    path = find_recipe(name)
-    typer.echo(to_yaml(load_recipe(str(path))) if resolved else path.read_text(encoding="utf-8"), nl=False)
+    matches = short_name_matches(name) if name not in list_recipes() else []
+    paths = [(m, list_recipes()[m]) for m in matches] if len(matches) > 1 else [(None, find_recipe(name))]
+    for i, (label, path) in enumerate(paths):
+        if label:
+            typer.echo(("\n" if i else "") + f"# --- {label} ---")
+        typer.echo(to_yaml(load_recipe(str(path))) if resolved else path.read_text(encoding="utf-8"), nl=False)
 
 
 def validate(names: list[str] | None = typer.Argument(None, help="Recipe names or paths (default: all).")) -> None:
@@ -39,7 +44,10 @@ def validate(names: list[str] | None = typer.Argument(None, help="Recipe names o
     from sage_cli.config import list_recipes, load_recipe
     from sage_cli.errors import SageError
 
+    from sage_cli.config import short_name_matches
+
     targets = names or [str(p) for p in list_recipes().values()]
+    targets = [m for t in targets for m in (short_name_matches(t) if len(short_name_matches(t)) > 1 else [t])]
     failed = 0
     for t in targets:
         try:
