@@ -51,6 +51,7 @@ recipes_app.command("cp")(recipes_cmd.cp)
 models_app.command("ls")(models_cmd.ls)
 models_app.command("build")(models_cmd.build)
 models_app.command("pack")(models_cmd.pack)
+models_app.command("export")(models_cmd.export)
 
 
 facts_app.command("extract")(facts_extract.extract)

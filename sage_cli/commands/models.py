@@ -71,3 +71,19 @@ def pack(
     dst = ckpt.pack(ckpt.resolve(checkpoint, None), out, dtype)
     size = (dst / ckpt.WEIGHTS).stat().st_size / 2**20
     typer.echo(f"packed {checkpoint} -> {dst} ({dtype}, {size:.1f} MiB)")
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="A sage checkpoint directory, or sage-smol."),
+    fmt: str = typer.Option("peft", "--format", help="peft: PEFT's adapter folder (adapter_config.json + adapter_model.safetensors) beside the SAGE layers; hf: the LoRA merged into the LLM, saved with save_pretrained."),
+    out: Path = typer.Option(..., "--out", help="The folder to write (replaced whole, atomically)."),
+    results: list[Path] = typer.Option([], "--results", help="A `sage bench` run folder whose results go into the model card (repeatable)."),
+) -> None:
+    """Export a checkpoint for the tools people already use: PeftModel.from_pretrained, vLLM's LoRA serving,
+    the Hub (a README.md model card). `--checkpoint OUT` loads the exported folder back into sage."""
+    from sage_cli.models import checkpoint as ckpt
+    from sage_cli.models.export import export as do_export
+
+    src = ckpt.resolve(checkpoint, None)
+    dst = do_export(src, out, fmt, results)
+    typer.echo(f"exported {checkpoint} -> {dst} ({fmt}: {', '.join(sorted(p.name for p in dst.iterdir()))})")

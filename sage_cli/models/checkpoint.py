@@ -114,7 +114,10 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, l
 
 
 def read_config(ckpt_dir: str | Path) -> dict:
-    path = Path(ckpt_dir) / CONFIG
+    """config.json of a checkpoint, or sage.json of a folder written by `sage models export`."""
+    from sage_cli.models.export import EXPORT_CONFIG, is_export
+
+    path = Path(ckpt_dir) / (EXPORT_CONFIG if is_export(ckpt_dir) else CONFIG)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -145,9 +148,24 @@ def default_facts(ckpt_dir: str | Path) -> list[str]:
     return facts
 
 
+def read_state(ckpt_dir: str | Path) -> dict:
+    """The checkpoint's tensors by their keys (adapter., fusion., projector., llm.), from either layout."""
+    from safetensors.torch import load_file
+
+    from sage_cli.models.export import is_export, read_export_state
+
+    try:
+        if is_export(ckpt_dir):
+            return read_export_state(ckpt_dir)
+        return load_file(str(Path(ckpt_dir) / WEIGHTS))
+    except SageError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise SageError(f"{ckpt_dir}: unreadable weights ({e})") from None
+
+
 def load_into(model, ckpt_dir: str | Path, backbone: str) -> dict:
     """Load a checkpoint's tensors into `model` (a SageModel on `backbone`); returns its config."""
-    from safetensors.torch import load_file
 
     config = read_config(ckpt_dir)
     if config["backbone"] != backbone:
@@ -156,10 +174,7 @@ def load_into(model, ckpt_dir: str | Path, backbone: str) -> dict:
         from sage_cli.models import lora
 
         lora.apply_from(model, config["lora"])
-    try:
-        state = load_file(str(Path(ckpt_dir) / WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise SageError(f"{Path(ckpt_dir) / WEIGHTS}: unreadable weights ({e})") from None
+    state = read_state(ckpt_dir)
     targets = {
         "adapter.": model.backbone.parts()["adapter"],
         "fusion.": model.fusion,
