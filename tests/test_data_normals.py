@@ -95,7 +95,7 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path):
     assert (again.written, again.skipped) == (1, 7)
     assert tree_hash(out) == before
 
-    with pytest.raises(SageError, match=r"other settings \(differ: seed\).*--overwrite"):
+    with pytest.raises(SageError, match=r"other settings \(seed 0 -> 1\).*--overwrite"):
         N.write_normals(out, small(categories=("gear", "wood_plank"), seed=1))
     redo = N.write_normals(out, small(categories=("gear",), count=1, seed=1), overwrite=True)
     assert (redo.written, redo.skipped) == (2, 0)

@@ -101,7 +101,8 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
                seed: int = 0, strict: bool = False) -> Loaded:
     """The items of one benchmark run, filtered and limited; SageError when none is left."""
     from sage_cli.data.formats import open_dataset
-    from sage_cli.prefs.pipeline import PrefsOptions, check_categories, limit_per_category, make_groups
+    from sage_cli.data.categories import check_categories, limit_per_category
+    from sage_cli.prefs.pipeline import PrefsOptions, make_groups  # the mvtec format's groups are built as prefs builds them
 
     if fmt not in FORMATS:
         raise SageError(f"unknown benchmark format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -13,9 +13,9 @@ required) or --overwrite (our files are removed first; other files are left alon
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from sage_cli import runfolder
 from sage_cli.errors import SageError
 
 RESULTS, SAMPLES, SAMPLES_CSV, PLOTS = "results.json", "samples.jsonl", "samples.csv", "plots"
@@ -30,31 +30,17 @@ CSV_COLUMNS = ("group_id", "q", "category", "level", "type", "question", "truth"
 
 
 def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
-    """Check (and with `overwrite`, clear) the run folder before any work."""
-    if resume and overwrite:
-        raise SageError("--resume and --overwrite contradict each other; give one")
-    if out.exists() and not out.is_dir():
-        raise SageError(f"{out}: the run folder is a file; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if overwrite:
-        for name in (RESULTS, SAMPLES, SAMPLES_CSV):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / PLOTS, ignore_errors=True)
-        return
-    if not resume:
-        raise SageError(f"{out} exists and is not empty; pass --resume to continue that run or --overwrite to "
-                        f"replace it (or choose another --out)")
-    old = read_results(out)
-    if old is None:
-        if not (out / SAMPLES).exists():
-            raise SageError(f"{out} holds no benchmark run ({RESULTS} and {SAMPLES} missing); choose another --out")
-        return
-    before = old.get("config") or {}
-    old = {"protocol": "sage", "grader": "text", **before}  # runs from before these settings existed
-    diff = [f"{k} {old.get(k)!r} -> {config.get(k)!r}" for k in ANSWER_KEYS if old.get(k) != config.get(k)]
-    if diff:
-        raise SageError(f"{out} holds a run with other settings ({', '.join(diff)}); use another --out or --overwrite")
+    """Check (and with `overwrite`, clear) the run folder before any work (rules: runfolder.check)."""
+
+    def recorded(results: dict) -> dict:
+        if results.get("results_format") != RESULTS_FORMAT:
+            raise SageError(f"{Path(out) / RESULTS}: not a sage bench results file")
+        return {"protocol": "sage", "grader": "text", **(results.get("config") or {})}  # runs from before these settings
+
+    found = runfolder.check(out, RESULTS, config, resume=resume, overwrite=overwrite, recorded=recorded, keys=ANSWER_KEYS,
+                            ours=(SAMPLES, SAMPLES_CSV, PLOTS), what="benchmark run")
+    if found.mode == runfolder.OVERWRITE:
+        runfolder.clear(out, (RESULTS, SAMPLES, SAMPLES_CSV, PLOTS))  # ours only: other files are left alone
 
 
 def write_samples_csv(folder: Path, samples: list[dict]) -> None:

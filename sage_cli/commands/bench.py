@@ -90,7 +90,7 @@ def _resolve(opts) -> None:
     from sage_cli.bench.runner import detect_polarity
     from sage_cli.errors import SageError
     from sage_cli.models.checkpoint import resolve as resolve_checkpoint
-    from sage_cli.prefs.pipeline import parse_categories
+    from sage_cli.data.categories import parse_categories
 
     opts.protocol = resolve_protocol(opts.protocol, opts.fmt)
     check_grader(opts.grader, opts.protocol)

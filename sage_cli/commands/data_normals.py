@@ -20,10 +20,12 @@ def normals(
 
     Resumable: files are written atomically and a rerun with the same settings skips those present. An OUT written with other settings, or a non-empty folder that is not a normals output, is refused unless --overwrite.
     """
-    from sage_cli.data.normals import NormalsOptions, parse_categories, write_normals
+    from sage_cli.data.categories import parse_categories
+    from sage_cli.data.normals import CATEGORIES, GROUPS, NormalsOptions, write_normals
 
     opts = NormalsOptions(
-        categories=parse_categories(categories), count=count, test_count=test_count, image_size=image_size, seed=seed
+        categories=tuple(parse_categories(categories, CATEGORIES, GROUPS)), count=count, test_count=test_count,
+        image_size=image_size, seed=seed,
     ).check()
 
     from rich.console import Console

@@ -29,7 +29,8 @@ def build(
 
     Writes OUT/train.jsonl and OUT/val.jsonl (sage-qa/1) and OUT/prefs.json. Image paths in the records are relative to the dataset root named in prefs.json: pass that root to the train and bench commands (--root / data.root).
     """
-    from sage_cli.prefs.pipeline import PrefsOptions, build_prefs, parse_categories
+    from sage_cli.data.categories import parse_categories
+    from sage_cli.prefs.pipeline import PrefsOptions, build_prefs
 
     opts = PrefsOptions(
         src=src, out=out, seed=seed, val_frac=val_frac, normal_share=normal_share, limit=limit, categories=parse_categories(categories),

@@ -168,24 +168,3 @@ def describe_mask(root: Path, image_rel: str, mask_rel: str, problems: Problems,
         problems.report(mask_rel, f"mask of defect image {image_rel} is empty (no defect pixels)")
         return None
     return box, location, area
-
-
-def read_manifest(path: Path) -> dict:
-    """A generator's earlier settings file as a dict ({} when unreadable)."""
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    return old if isinstance(old, dict) else {}
-
-
-def other_settings(out: Path, was: dict, ours: dict, overwrite: bool) -> bool:
-    """True when `out` was written with other settings and `overwrite` allows replacing it; refuses
-    with one line (naming the settings that differ) when it does not."""
-    if was == ours:
-        return False
-    if not overwrite:
-        diff = sorted(k for k in set(was) | set(ours) if was.get(k) != ours.get(k))
-        raise SageError(f"{out} was written with other settings (differ: {', '.join(diff) or 'format'}); "
-                        "pass --overwrite to replace it or choose another --out")
-    return True

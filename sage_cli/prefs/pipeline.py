@@ -12,12 +12,13 @@ refused unless ``overwrite``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sage_cli import runfolder
+from sage_cli.data.categories import check_categories, limit_per_category
 from sage_cli.data.records import PAIR_TYPES, QAGroup
 from sage_cli.errors import SageError
 
@@ -62,15 +63,6 @@ class PrefsResult:
     problems: list[str] = field(default_factory=list)
 
 
-def parse_categories(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    cats = [c.strip() for c in text.split(",") if c.strip()]
-    if not cats:
-        raise SageError("--categories is empty; give names separated by commas, e.g. bottle,screw")
-    return sorted(set(cats))
-
-
 def _settings(opts: PrefsOptions, root: Path, fmt: str) -> dict:
     return {
         "root": str(root),
@@ -78,59 +70,24 @@ def _settings(opts: PrefsOptions, root: Path, fmt: str) -> dict:
         "seed": opts.seed,
         "val_frac": opts.val_frac,
         "limit": opts.limit,
-        "categories": opts.categories,
+        "categories": None if opts.categories is None else list(opts.categories),
         "paraphrase": opts.paraphrase,
         **({"normal_share": opts.normal_share} if opts.normal_share else {}),  # older manifests stay valid
     }
 
 
 def _check_out(out: Path, root: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse an OUT that is the data set itself, a file, or holds something other than this build."""
-    if out.exists() and not out.is_dir():
-        raise SageError(f"{out}: --out must be a folder, not a file")
+    """Refuse an OUT that is the data set itself, a file, or holds something other than this build
+    (a build killed before its manifest may have left train.jsonl and val.jsonl: those are ours)."""
+    runfolder.refuse_file(out)
     if out.resolve() == root:
         raise SageError(f"{out}: --out must not be the dataset root; choose another folder")
-    if overwrite or not out.is_dir():
-        return
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8")).get("settings")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            raise SageError(f"{manifest}: unreadable manifest; pass --overwrite to replace this folder's build") from None
-        if old != settings:
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items()
-                             if not isinstance(old, dict) or old.get(k) != v)
-            raise SageError(f"{out} holds a prefs build with other settings ({diff}); pass --overwrite to replace it")
-        return
-    others = sorted(p.name for p in out.iterdir() if p.name not in (TRAIN, VAL) and not p.name.startswith("."))
-    if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise SageError(f"{out} is not empty and holds no {MANIFEST} ({shown}); pass --overwrite or choose another folder")
+    runfolder.check(out, MANIFEST, settings, overwrite=overwrite, recorded=_recorded, ours=(TRAIN, VAL), what="prefs build")
 
 
-def check_categories(found: set[str], wanted: list[str] | None) -> None:
-    if wanted is None:
-        return
-    missing = [c for c in wanted if c not in found]
-    if missing:
-        raise SageError(f"no such category: {', '.join(missing)} (this data set has: {', '.join(sorted(found)) or 'none'})")
-
-
-def limit_per_category(items: list, key, category, seed: int, limit: int | None) -> list:
-    """At most ``limit`` items per category: those with the lowest hash of (seed, key), in input order."""
-    if limit is None:
-        return items
-    from sage_cli.prefs.split import stable_score
-
-    by_cat: dict[str, list] = {}
-    for it in items:
-        by_cat.setdefault(category(it), []).append(it)
-    keep = set()
-    for members in by_cat.values():
-        ranked = sorted(members, key=lambda it: (stable_score("limit", seed, key(it)), key(it)))
-        keep.update(id(it) for it in ranked[:limit])
-    return [it for it in items if id(it) in keep]
+def _recorded(manifest: dict) -> dict:
+    settings = manifest.get("settings")
+    return settings if isinstance(settings, dict) else {}
 
 
 def extra_normals(tests: list, train: list, share: float, seed: int) -> list:
@@ -168,7 +125,7 @@ def extra_normals(tests: list, train: list, share: float, seed: int) -> list:
 
 def make_groups(opts: PrefsOptions, fmt: str):
     """(groups, problems) of the data set at ``opts.src`` in format ``fmt``, before splitting."""
-    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.formats import open_dataset
     from sage_cli.prefs import importers
     from sage_cli.prefs.build import defect_pools, image_groups
 
@@ -232,8 +189,7 @@ def build_prefs(opts: PrefsOptions, paraphrase=None) -> PrefsResult:
     ``paraphrase`` is a callable taking and returning the list of groups (run before the split).
     """
     from sage_cli import __version__
-    from sage_cli.atomic import write_text
-    from sage_cli.data.detect import FORMATS, detect_format
+    from sage_cli.data.formats import FORMATS, detect_format
     from sage_cli.data.qa_jsonl import write_qa_jsonl
     from sage_cli.prefs.split import split_groups
 
@@ -267,5 +223,5 @@ def build_prefs(opts: PrefsOptions, paraphrase=None) -> PrefsResult:
     out.mkdir(parents=True, exist_ok=True)
     write_qa_jsonl(paths["train"], train)
     write_qa_jsonl(paths["val"], val)
-    write_text(paths["manifest"], json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    runfolder.write_manifest(paths["manifest"], manifest)  # last: a manifest describes finished files
     return PrefsResult(root, fmt, train, val, manifest, paths, list(problems.items))

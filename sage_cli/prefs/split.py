@@ -8,16 +8,10 @@ model is never validated on an image it was trained on, even when several groups
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
+from sage_cli.data.categories import stable_score
 from sage_cli.data.records import QAGroup
-
-
-def stable_score(purpose: str, seed: int, key: str) -> float:
-    """A number in [0, 1) fixed by (purpose, seed, key): the same on every machine and run."""
-    digest = hashlib.blake2b(f"{purpose}\0{int(seed)}\0{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def is_val(seed: int, image: str, val_frac: float) -> bool:
