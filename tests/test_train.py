@@ -19,7 +19,7 @@ import torch
 from conftest import write_image, write_mask
 from sage_cli.cli import run
 from sage_cli.train.losses import edpo_loss, sequence_logps
-from sage_cli.train.trainer import epoch_batches
+from sage_cli.train.setup import epoch_batches
 from tiny_models import save_tiny_internvl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,7 +79,8 @@ def test_verdict_weight_counts_each_answers_first_token_that_many_times():
 def test_sfe_objective_equals_the_llms_own_loss():
     """The answer-positions-only head gives the cross-entropy transformers computes over full logits."""
     from sage_cli.models.sage import SageModel
-    from sage_cli.train.objective import SFEObjective
+    from sage_cli.train.examples import SFEExample
+    from sage_cli.train.objective import Batch, SFEObjective
     from tiny_models import tiny_composed
 
     torch.manual_seed(0)
@@ -89,10 +90,12 @@ def test_sfe_objective_equals_the_llms_own_loss():
     f_t, f_r = bb.vision_features(px), bb.vision_features(px.flip(-1))
     args = (["A widget fact here.", "Another one."], ["Is it broken?", "Where?"], ["Yes, a scratch.", "Top left."])
     facts = [[args[0][0]], [args[0][1]]]
+    examples = [SFEExample(f"k{i}", Path("t.png"), Path("r.png"), q, a, f) for i, (q, a, f) in
+                enumerate(zip(args[1], args[2], facts))]
     with torch.no_grad():
-        ours = SFEObjective(model)(f_t, f_r, facts, args[1], args[2])
+        ours, stats = SFEObjective(model)(Batch(examples, f_t, f_r))
         theirs = model(model.assemble(model.encode_features(f_t, f_r, facts), args[1], args[2])).loss
-    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5) and stats == {}
 
 
 def test_ranks_take_different_slices_of_a_seeded_order():
@@ -212,6 +215,7 @@ def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
     ("malformed", "missing field 'chosen'"),
     ("used", "holds an earlier run"),
     ("weight", "train.verdict_weight must be > 0"),
+    ("accum", "fewer than train.grad_accum=20"),  # no whole step in an epoch: it would never end
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, tmp_path, capsys):
     out = tmp_path / "run"
@@ -222,6 +226,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, t
         args = _sfe_args(world, sfe_run)
     elif case == "weight":
         args = _sfe_args(world, out, "train.verdict_weight=0")
+    elif case == "accum":
+        args = _sfe_args(world, out, "train.grad_accum=20")
     else:
         pairs = tmp_path / "pairs.jsonl"
         recs = [json.loads(line) for line in world["pairs"].read_text().splitlines()]

@@ -73,7 +73,8 @@ def _train(stage: str, a: dict) -> None:
 
     from rich.console import Console
 
-    from sage_cli.train.trainer import Run, check_run_dir, prepare_run_dir
+    from sage_cli.train.state import check_run_dir, prepare_run_dir
+    from sage_cli.train.trainer import Run
 
     console = Console(stderr=True, soft_wrap=True)
     run_dir = Path(cfg.train.output_dir)

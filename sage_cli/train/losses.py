@@ -34,22 +34,24 @@ def sequence_logps(hidden: torch.Tensor, head, labels: torch.Tensor,
 
 
 def edpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-              ref_rejected: torch.Tensor, delta_h: torch.Tensor, beta: float, eta: float) -> tuple[torch.Tensor, dict]:
+              ref_rejected: torch.Tensor, delta_h: torch.Tensor, beta: float,
+              eta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eqs. 6-7, per pair [B]: d = β[(πc − rc) − (πr − rr)] − η·ΔH, L = −log σ(d).
 
     η = 0 is the standard DPO sigmoid loss. A larger ΔH lowers d, so the pair's loss rises: pairs whose
     answers the judge told apart clearly must be separated by a wider margin.
-    Returns the mean loss and the per-batch statistics TRL-style trainers log.
+    Returns the mean loss and the batch statistics TRL-style trainers log, as detached 0-d tensors
+    (reading them, which waits for the device, is left to the caller).
     """
     chosen_reward = beta * (policy_chosen - ref_chosen)  # [B]
-    rejected_reward = beta * (policy_rejected - ref_rejected)
-    d = chosen_reward - rejected_reward - eta * delta_h
-    loss = -F.logsigmoid(d)
+    rejected_reward = beta * (policy_rejected - ref_rejected)  # [B]
+    d = chosen_reward - rejected_reward - eta * delta_h  # [B]
+    loss = -F.logsigmoid(d)  # [B]
     stats = {
-        "rewards/chosen": chosen_reward.detach().mean().item(),
-        "rewards/rejected": rejected_reward.detach().mean().item(),
-        "rewards/margins": (chosen_reward - rejected_reward).detach().mean().item(),
-        "rewards/accuracy": (chosen_reward > rejected_reward).float().mean().item(),
-        "entropy_term": (eta * delta_h).detach().float().mean().item(),
+        "rewards/chosen": chosen_reward.detach().mean(),
+        "rewards/rejected": rejected_reward.detach().mean(),
+        "rewards/margins": (chosen_reward - rejected_reward).detach().mean(),
+        "rewards/accuracy": (chosen_reward > rejected_reward).float().mean(),
+        "entropy_term": (eta * delta_h).detach().float().mean(),
     }
     return loss.mean(), stats
