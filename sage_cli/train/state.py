@@ -17,12 +17,12 @@ import contextlib
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sage_cli import runfolder
 from sage_cli.atomic import replacing, swap_in_dir, write_text
 from sage_cli.errors import SageError
 from sage_cli.models import checkpoint as ckpt
@@ -36,22 +36,18 @@ STATE_KEEP = 2  # resumable states kept on disk (older ones are deleted)
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Before any work: a fresh run needs an empty folder unless --overwrite (or --resume auto)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SageError(f"{run_dir}: is a file; --out takes a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+    runfolder.refuse_file(run_dir)
+    if runfolder.entries(run_dir) and not (resume or overwrite):
         raise SageError(f"{run_dir}: holds an earlier run; pass --resume auto to continue it or --overwrite "
                         "to start again")
 
 
 def prepare_run_dir(run_dir: Path, recipe_yaml: str, resume: bool, overwrite: bool) -> None:
-    """Clear an earlier run when overwriting (not resuming), then write the resolved recipe."""
+    """Clear an earlier run when overwriting (not resuming: --resume auto wins), then write the resolved recipe."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite)
-    if run_dir.is_dir() and any(run_dir.iterdir()) and overwrite and not resume:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
-        run_dir.rename(tmp / run_dir.name)
-        shutil.rmtree(tmp, ignore_errors=True)
+    if runfolder.entries(run_dir) and overwrite and not resume:
+        runfolder.clear(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "recipe.yaml", recipe_yaml)
 
