@@ -24,9 +24,9 @@ app = typer.Typer(
 )
 
 
-def _group(name: str, help: str) -> typer.Typer:
+def _group(name: str, help: str, parent: typer.Typer = app) -> typer.Typer:
     group = typer.Typer(help=help, no_args_is_help=True, rich_markup_mode="markdown")
-    app.add_typer(group, name=name)
+    parent.add_typer(group, name=name)
     return group
 
 
@@ -64,8 +64,13 @@ app.command("env")(env_cmd.env)
 train_app.command("sfe")(train_cmd.sfe)
 train_app.command("edpo")(train_cmd.edpo)
 
-bench_cmd.register(bench_app)
-bench_app.add_typer(bench_speed.speed_app, name="speed")
+for fmt in bench_cmd.FORMAT_HELP:  # manta, mpdd, mmad, qa, mvtec: one command each, same options
+    bench_app.command(fmt)(bench_cmd.command_for(fmt))
+bench_app.command("compare")(bench_cmd.compare)
+speed_app = _group("speed", bench_speed.HELP, parent=bench_app)
+speed_app.command("infer")(bench_speed.infer)
+speed_app.command("train")(bench_speed.train)
+speed_app.command("group")(bench_speed.group)
 
 
 def run(argv: list[str] | None = None) -> int:

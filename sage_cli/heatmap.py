@@ -66,3 +66,10 @@ def save(image, path: str | Path) -> Path:
     except OSError as e:
         raise SageError(f"{path}: cannot write the heatmap ({e.strerror or e})") from None
     return path
+
+
+def render_map(image, amap, alpha: float = 0.75):
+    """`render` for an engine.AnomalyMap (map [h, w], selected patches, grid)."""
+    import numpy as np
+
+    return render(image, np.asarray(amap.map, dtype=np.float32), amap.selected, tuple(amap.grid), alpha)

@@ -1,19 +1,17 @@
 """A toy data set made from the bundled hazelnut photos: synthetic defects, QA groups, preference pairs.
 
-It is what `sage bench speed train` trains on when given no data, and the first steps of the demo:
-the same `sage` commands a user would type, run in-process, so what it makes is what they make.
+It is what `sage bench speed train` trains on when given no data, and the first steps of the demo.
+Each step calls the library function its `sage` command calls (data.synth, prefs.pipeline,
+judge.scoring), with the settings that command would be given, so what it makes is what they make.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
-from sage_cli.errors import SageError
+from sage_cli.defaults import SAMPLE
 
-SAMPLE = Path(__file__).resolve().parent / "assets" / "hazelnut_sample"
 FIXED_FACTS = [  # used where the content of the facts does not matter (speed measurements)
     "Hazelnuts can show cracks, holes, stains or print marks on the shell.",
     "A normal hazelnut has a smooth, evenly brown shell with a pale base.",
@@ -26,25 +24,43 @@ FIXED_FACTS = [  # used where the content of the facts does not matter (speed me
 ]
 
 
-def run_captured(argv: list[str]) -> tuple[int, str, str]:
-    """Run one `sage` command in-process with its output captured: (exit code, stdout, stderr)."""
-    from sage_cli.cli import run
+def synth(out: Path, image_size: int, seed: int = 0, preview: bool = False) -> str:
+    """`sage data synth --from SAMPLE --out OUT --image-size N --per-image 1 --seed S [--preview]`: what it
+    did, in one line."""
+    from sage_cli.data.synth import SynthOptions, synthesize
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = run(argv)
-    return rc, out.getvalue(), err.getvalue()
+    opts = SynthOptions(per_image=1, seed=seed, image_size=image_size).check()
+    result = synthesize(SAMPLE, Path(out), opts)
+    line = f"{len(result.records)} defect images in {out}; {result.written} written, {result.skipped} already present"
+    if preview:
+        import numpy as np
+
+        from sage_cli.data.preview import synth_preview
+        from sage_cli.data.synth import write_png
+
+        write_png(Path(out) / "preview.png", np.asarray(synth_preview(Path(out), result.records, opts.kinds)))
+        line += f"\npreview: {Path(out) / 'preview.png'}"
+    return line
 
 
-def last_line(text: str) -> str:
-    return (text.strip().splitlines() or ["(no message)"])[-1]
+def prefs(src: Path, out: Path, seed: int = 0, val_frac: float = 0.2) -> str:
+    """`sage prefs build --from SRC --out OUT --seed S --val-frac F`: what it wrote, in one line."""
+    from sage_cli.prefs.pipeline import PrefsOptions, build_prefs
+
+    result = build_prefs(PrefsOptions(src=Path(src), out=Path(out), seed=seed, val_frac=val_frac).check())
+    c = result.manifest["counts"]
+    return (f"{c['train']['groups']} train and {c['val']['groups']} val QA groups in {out} "
+            f"(image paths relative to {result.root})")
 
 
-def sage_step(argv: list[str]) -> None:
-    """Run one `sage` command quietly; a failure becomes a SageError naming the command."""
-    rc, _, err = run_captured(argv)
-    if rc != 0:
-        raise SageError(f"`sage {' '.join(argv)}` failed: {last_line(err)}")
+def scores(qa: Path, out: Path) -> str:
+    """`sage score mle QA --out OUT --judge offline:sbert`: what it did, in one line."""
+    from sage_cli.config import load_recipe
+    from sage_cli.judge.scoring import score_mle
+
+    res = score_mle(load_recipe("default", "score", []), "default", Path(qa), Path(out), judge="offline:sbert")
+    c = res.counts
+    return f"{c['options_scored_now']} options scored now, {c['pairs']} preference pairs in {res.pairs}"
 
 
 def write_fixed_facts(qa_file: Path, out: Path) -> Path:
@@ -64,10 +80,9 @@ def write_fixed_facts(qa_file: Path, out: Path) -> Path:
 def make_toy_data(out: Path, image_size: int = 224, seed: int = 0) -> dict:
     """synth -> prefs -> offline scores (+ fixed facts) under `out`; returns the paths training needs."""
     out = Path(out)
-    synth, prefs, scores = out / "synth", out / "prefs", out / "scores"
-    sage_step(["data", "synth", "--from", str(SAMPLE), "--out", str(synth), "--image-size", str(image_size),
-               "--per-image", "1", "--seed", str(seed)])
-    sage_step(["prefs", "build", "--from", str(synth), "--out", str(prefs), "--seed", str(seed), "--val-frac", "0"])
-    sage_step(["score", "mle", str(prefs / "train.jsonl"), "--out", str(scores), "--judge", "offline:sbert"])
-    facts = write_fixed_facts(prefs / "train.jsonl", out / "facts.jsonl")
-    return {"root": synth, "qa": prefs / "train.jsonl", "pairs": scores / "pairs.jsonl", "facts": facts}
+    root, qa = out / "synth", out / "prefs" / "train.jsonl"
+    synth(root, image_size, seed)
+    prefs(root, qa.parent, seed, val_frac=0.0)
+    scores(qa, out / "scores")
+    facts = write_fixed_facts(qa, out / "facts.jsonl")
+    return {"root": root, "qa": qa, "pairs": out / "scores" / "pairs.jsonl", "facts": facts}

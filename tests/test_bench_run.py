@@ -1,7 +1,4 @@
-"""`sage bench FORMAT` end to end on a tiny random VLM saved to disk, and `sage bench compare`.
-
-The commands are added to a typer group of our own with `register`, as cli.py does.
-"""
+"""`sage bench FORMAT` end to end on a tiny random VLM saved to disk, and `sage bench compare`."""
 
 from __future__ import annotations
 
@@ -13,14 +10,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import typer
 from conftest import make_qa_root, make_tiny_manta, make_tiny_mmad, manta_record, mmad_entry, qa_group
 
 from sage_cli.bench import runner
 from sage_cli.bench.items import BenchItem, BenchQuestion
-from sage_cli.commands.bench import register
+from sage_cli.cli import run
 from sage_cli.data.qa_jsonl import write_qa_jsonl
-from sage_cli.errors import SageError
 from tiny_models import save_tiny_internvl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,17 +28,8 @@ def vlm(tmp_path_factory):
 
 
 def sage(capsys, *argv):
-    """(exit code, stdout, stderr) of `sage bench ...` with the errors turned into exit 1 as cli.run does."""
-    app = typer.Typer()
-    bench_app = typer.Typer()
-    app.add_typer(bench_app, name="bench")
-    register(bench_app)
-    try:
-        app(args=["bench", *map(str, argv)], prog_name="sage", standalone_mode=False)
-        rc = 0
-    except SageError as e:
-        sys.stderr.write(f"error: {e}\n")
-        rc = 1
+    """(exit code, stdout, stderr) of `sage bench ...`, run in-process as the console command runs it."""
+    rc = run(["bench", *map(str, argv)])
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 

@@ -9,6 +9,7 @@ import torch
 from sage_cli.bench.speed import infer_speed
 from sage_cli.cli import run
 from sage_cli.models.engine import Engine
+from sage_cli.models.hf_vlm import load_hf_vlm
 from sage_cli.models.sage import SageModel
 from tiny_models import save_tiny_internvl, tiny_composed, noise_image as _img
 
@@ -35,6 +36,9 @@ def test_bench_speed_infer_command(tmp_path, capsys):
     _img(1).save(a)
     _img(2).save(b)
     out = tmp_path / "speed.json"
+    # the first model load imports accelerate and deepspeed, whose logger may print to (captured) stdout
+    load_hf_vlm(str(vlm))
+    capsys.readouterr()
     assert run(["bench", "speed", "infer", "--backbone", str(vlm), "--test", str(a), "--reference", str(b),
                 "--repeats", "1", "--new-tokens", "3", "--json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)

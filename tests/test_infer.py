@@ -74,8 +74,10 @@ def test_zero_shot_has_no_anomaly_map_one_shot_has_one(engine):
     assert engine.anomaly(engine.encode(_img(7), None, FACTS)) is None
     info = engine.anomaly(engine.encode(_img(7), _img(8), FACTS))
     h, w = engine.model.backbone.patch_grid
-    assert info["map"].shape == (h, w) and len(info["selected"]) == 2
-    assert info["max"] == pytest.approx(float(info["map"].max()))
+    assert info.map.shape == (h, w) and info.grid == (h, w) and len(info.selected) == 2
+    assert info.max == pytest.approx(float(info.map.max()))
+    assert info.summary() == {"peak": list(info.peak), "max": info.max, "mean": info.mean, "grid": [h, w],
+                              "selected": info.selected}
 
 
 def test_the_map_peaks_where_the_test_image_was_changed(engine):
@@ -84,7 +86,7 @@ def test_the_map_peaks_where_the_test_image_was_changed(engine):
     test.paste((255, 0, 255), (84, 84, 112, 112))  # repaint the lower right corner
     big = Engine(SageModel(tiny_composed(image_size=112), k_patches=1), "tiny")
     info = big.anomaly(big.encode(test, ref, []))
-    assert info["peak"] == [3, 3]  # 112 px / 14 = 8 patches, 2x2 shuffle -> 4x4 grid
+    assert info.peak == (3, 3)  # 112 px / 14 = 8 patches, 2x2 shuffle -> 4x4 grid
 
 
 def test_chat_runs_the_llm_alone(engine):
@@ -275,10 +277,10 @@ def test_sage_smol_map_peaks_inside_the_real_defects(hazelnut_root):
     inside = 0
     for r in recs:
         info = eng.anomaly(eng.encode(load_rgb(r.path()), load_rgb(r.path(r.reference)), []))
-        gh, gw = info["grid"]
+        gh, gw = info.grid
         mask = Image.fromarray(load_mask(r.path(r.defect.mask)).astype(np.uint8) * 255)
         cells = np.asarray(mask.resize((gw, gh), Image.BOX)) > 0  # [gh, gw]: patches touching the defect
-        inside += bool(cells[tuple(info["peak"])])
+        inside += bool(cells[info.peak])
     assert inside == len(recs), f"peak inside the mask for {inside}/{len(recs)} defects"
 
 
@@ -344,3 +346,40 @@ def test_repetition_penalty_changes_a_looping_answer_only_after_the_first_token(
     ids = engine.model.backbone.tokenizer(penalised.text)["input_ids"]
     assert len(set(ids)) / len(ids) >= len(set(engine.model.backbone.tokenizer(plain.text)["input_ids"])) / max(
         1, len(engine.model.backbone.tokenizer(plain.text)["input_ids"]))
+
+
+def test_loading_keeps_the_process_random_state_and_seeds_the_new_layers(tiny_vlm):
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    a = Engine.load(str(tiny_vlm), seed=0)
+    assert torch.equal(torch.rand(4), want)  # loading drew its weights from its own seed, not the caller's stream
+    b, c = Engine.load(str(tiny_vlm), seed=0), Engine.load(str(tiny_vlm), seed=1)
+    w = lambda e: e.model.projector.proj.weight  # noqa: E731  (untrained: drawn from the seed)
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
+
+
+def test_groups_over_several_prefixes_decode_as_each_alone(engine):
+    prefixes = [engine.encode(_img(i), None, []) for i in (21, 22)]  # zero-shot, no facts: one length
+    qs = [["Describe it.", "Is it broken?"], ["What is it?", "Is it whole?"]]
+    together = engine.answer_groups(prefixes, qs, max_new_tokens=8)
+    for p, q, got in zip(prefixes, qs, together):
+        alone = engine.answer_group(p, q, max_new_tokens=8)
+        assert [a.text for a in got] == [a.text for a in alone]
+        assert [a.p_yes for a in got] == pytest.approx([a.p_yes for a in alone], abs=1e-4)
+    mixed = engine.answer_groups([prefixes[0], engine.encode(_img(23), _img(24), FACTS)], qs, max_new_tokens=8)
+    assert [a.text for a in mixed[0]] == [a.text for a in together[0]]  # other lengths: one batch per prefix
+
+
+def test_facts_are_written_without_default_facts_or_the_engines_penalty(engine):
+    from sage_cli.facts.writer import ask
+
+    prompts = ["Describe it.", "What is it made of?"]
+    plain = ask(engine, [_img(25)], [prompts], max_new_tokens=12)
+    engine.default_facts, engine.repetition_penalty = list(FACTS), 3.0
+    try:
+        assert ask(engine, [_img(25)], [prompts], max_new_tokens=12) == plain
+        sampled = ask(engine, [_img(25)], [prompts], max_new_tokens=12, temperature=1.0, seed=5)
+        assert ask(engine, [_img(25)], [prompts], max_new_tokens=12, temperature=1.0, seed=5) == sampled
+    finally:
+        engine.default_facts, engine.repetition_penalty = [], 1.0

@@ -13,7 +13,7 @@ from PIL import Image
 from sage_cli.cli import run
 from sage_cli.models import checkpoint, lora
 from sage_cli.models.engine import Engine
-from sage_cli.models.export import peft_key, sage_key
+from sage_cli.models.export_layout import peft_key, sage_key
 from tiny_models import save_tiny_internvl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

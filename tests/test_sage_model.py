@@ -84,6 +84,21 @@ def test_generate_returns_text(model):
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
 
 
+def test_generate_on_a_left_padded_batch_is_plain_greedy_generate(model):
+    """The Engine's token loop (decoding.py) on rows of different lengths: positions count real tokens only."""
+    from sage_cli.models.decoding import stop_ids
+
+    bb = model.backbone
+    batch = model.build(bb.preprocess(_images(2, 0)), bb.preprocess(_images(2, 1)), ["Q?", "A longer question?"],
+                        [["one fact.", "two facts."], []], padding_side="left")
+    assert batch.attention_mask[1].sum() != batch.attention_mask[0].sum()  # really padded
+    ids = bb.language_model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                     max_new_tokens=8, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id,
+                                     eos_token_id=sorted(stop_ids(bb)))
+    assert model.generate(batch, max_new_tokens=8) == [t.strip() for t in
+                                                       bb.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
 def test_peak_hint_adds_the_anomaly_peak_to_the_question_tokens_only(tmp_path):
     from sage_cli.models import checkpoint
 

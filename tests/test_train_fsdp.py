@@ -50,7 +50,7 @@ def runs(world):  # noqa: F811
 def test_the_relay_keeps_progress_and_one_error_line_and_drops_the_launchers_report():
     import io
 
-    from sage_cli.commands.train import relay_stderr
+    from sage_cli.train.launch import relay_stderr
 
     r, w = os.pipe()
     os.write(w, b"sfe 1/4\rsfe 2/4\rsfe 4/4\nerror: bad input\nTraceback (most recent call last):\n"

@@ -1,6 +1,6 @@
 """Anomaly-detection metrics as anomalib and the MVTec AD evaluation report them (numpy only).
 
-* Image level: AUROC (``metrics.auroc``) and F1-max, the best F1 over all thresholds, with its threshold.
+* Image level: AUROC (`auroc`, the rank formula) and F1-max, the best F1 over all thresholds, with its threshold.
 * Pixel level: pixel AUROC over every pixel of every image, and AUPRO (area under the per-region
   overlap curve up to a false-positive rate of 0.3, divided by 0.3).
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sage_cli.bench.metrics import auroc
+from sage_cli.bench.auroc import auroc
+
 
 
 def _curve(scores: np.ndarray, weights: list[np.ndarray], thresholds: np.ndarray | None = None):

@@ -1,7 +1,7 @@
 """Pixel-level anomaly metrics of the Eq. 1 map against ground-truth masks, as anomalib reports them.
 
 Each one-shot item's anomaly map (1 - s over the patch grid, `Engine.anomaly`) is kept on its first
-sample (``anomaly_map``, rounded to 4 decimals) so that a resumed run can recompute everything. At the
+sample (``anomaly_map``, `AnomalyMap.rounded`: 4 decimals) so that a resumed run can recompute everything. At the
 end, every item whose ground truth is known (a defect mask, or a normal image: an all-zero mask) is
 scored at EVAL_SIDE x EVAL_SIDE pixels: the map upsampled bilinearly, the mask resized with nearest
 neighbours (anomalib also evaluates at a fixed 256 px). Defective items without a mask add nothing.
@@ -14,13 +14,6 @@ from pathlib import Path
 import numpy as np
 
 EVAL_SIDE = 256
-
-
-def map_field(amap: dict | None) -> list[list[float]] | None:
-    """The patch-grid map [h, w] as nested lists for samples.jsonl."""
-    if amap is None:
-        return None
-    return [[round(float(v), 4) for v in row] for row in amap["map"].tolist()]
 
 
 def truth_mask(item) -> np.ndarray | None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from sage_cli.bench.auroc import auroc
+
 LEVELS = ("standard", "identification", "diagnosis")
 
 
@@ -48,37 +50,10 @@ def acc_g(samples: list[dict]) -> float | None:
     return _mean(float(all(s["correct"] for s in g)) for g in groups.values())
 
 
-def auroc(labels: list[bool], scores: list[float]) -> float | None:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting one half.
-
-    Rank formula: (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), with tied
-    scores given the mean of the ranks they span.
-    """
-    if len(labels) != len(scores):
-        raise ValueError("labels and scores differ in length")
-    n_pos = sum(1 for y in labels if y)
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        mid = (i + j) / 2 + 1  # ranks are 1-based
-        for k in range(i, j + 1):
-            ranks[order[k]] = mid
-        i = j + 1
-    pos_ranks = sum(r for r, y in zip(ranks, labels) if y)
-    return (pos_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def detection(samples: list[dict]) -> dict:
     """Image-level detection from the samples that carry a label: per score (P(yes) "p_yes", map peak
     "map"), {auroc, f1_max, f1_threshold, n, n_pos}; and how the labels were found."""
-    from sage_cli.bench.ad_metrics import image_metrics
+    from sage_cli.bench.ad_metrics import image_metrics  # numpy: only when metrics are computed
 
     out = {}
     for name, key in (("p_yes", "detect_score"), ("map", "map_max")):

@@ -64,9 +64,7 @@ def accuracy_by_level(runs: list[tuple[str, dict]], path: Path, title: str = "Ac
 
 
 def examples(items: list[dict], path: Path) -> Path:
-    """`items`: {id, image (PIL), anomaly (Engine.anomaly dict or None), question, answer, correct}."""
-    import numpy as np
-
+    """`items`: {id, image (PIL), anomaly (engine.AnomalyMap or None), question, answer, correct}."""
     from sage_cli import heatmap
 
     plt = _pyplot()
@@ -75,7 +73,7 @@ def examples(items: list[dict], path: Path) -> Path:
         img = ex["image"]
         amap = ex.get("anomaly")
         if amap is not None:
-            img = heatmap.render(img, np.asarray(amap["map"]), amap["selected"], tuple(amap["grid"]))
+            img = heatmap.render_map(img, amap)
         ax.imshow(img)
         ax.set_axis_off()
         mark = {True: "right", False: "wrong"}.get(ex.get("correct"), "")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from sage_cli.bench import rundir
 from sage_cli.bench.items import BenchItem, Loaded
-from sage_cli.bench.localization import map_field, pixel_results
+from sage_cli.bench.localization import pixel_results
 from sage_cli.bench.mle_judge import BenchJudge
 from sage_cli.errors import SageError
 
@@ -307,12 +307,12 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     t.new_tokens += sum(a.new_tokens for a in answers)
     sims = _sbert_scores(run.sbert, item, todo, answers)
     amap = eng.anomaly(prefix)
-    peak = amap["max"] if amap else None
+    peak = amap.max if amap is not None else None
     recs = [_sample(item, bq, a, s, peak, auto_detect=run.polarity is None, grade=run.grade, p_probe=pp)
             for bq, a, s, pp in zip(todo, answers, sims, probes)]
     _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, run.polarity)
     if amap is not None and recs[0]["q"] == item.questions[0].q:
-        recs[0]["anomaly_map"] = map_field(amap)
+        recs[0]["anomaly_map"] = amap.rounded()
     if run.judge is not None:
         mle = run.judge.scores(item, {bq.q: a.text for bq, a in zip(todo, answers)})
         for r in recs:

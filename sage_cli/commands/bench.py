@@ -1,6 +1,6 @@
 """`sage bench manta|mpdd|mmad|qa|mvtec --root ROOT` and `sage bench compare RUN...`: the paper's metrics.
 
-`register(bench_app)` adds the commands to the `sage bench` group. The work is in sage_cli/bench/
+cli.py registers `command_for(fmt)` once per format, and `compare`. The work is in sage_cli/bench/
 (items: formats -> items; runner: the loop; metrics; verdict: reading answers; plots; report: tables).
 """
 
@@ -274,12 +274,3 @@ def compare(
         else:
             err.print("note: plot skipped: matplotlib is not installed (pip install 'sage-cli[plots]')")
         console.print(f"written: {', '.join(str(out / w) for w in written)}")
-
-
-def register(bench_app: typer.Typer) -> None:
-    """Add `manta`, `mpdd`, `mmad`, `qa`, `mvtec` and `compare` to the `sage bench` group."""
-    from sage_cli.bench.items import FORMATS
-
-    for fmt in FORMATS:
-        bench_app.command(fmt)(command_for(fmt))
-    bench_app.command("compare")(compare)

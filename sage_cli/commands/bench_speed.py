@@ -8,19 +8,17 @@ from typing import Optional
 
 import typer
 
-speed_app = typer.Typer(help="Speed against a plain baseline measured in the same run (ratios, not raw timings).",
-                        no_args_is_help=True, rich_markup_mode="markdown")
+from sage_cli.commands.options import Backbone, Checkpoint, Device, Dtype
+from sage_cli.defaults import SAMPLE
 
-_SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "hazelnut_sample" / "hazelnut" / "train" / "good"
+HELP = "Speed against a plain baseline measured in the same run (ratios, not raw timings)."
+
+_PHOTOS = SAMPLE / "hazelnut" / "train" / "good"
 
 # Options the speed commands share.
 TEST = typer.Option(None, "--test", help="Test image (default: a bundled hazelnut photo).")
 REFERENCE = typer.Option(None, "--reference", help="Reference image (default: another bundled photo).")
-BACKBONE = typer.Option(None, "--backbone", help="Backbone name or local VLM path, with untrained SAGE layers (no checkpoint).")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="A sage checkpoint directory, or sage-smol for the one shipped with sage (the default when neither --checkpoint nor --backbone is given).")
 NUM_FACTS = typer.Option(8, "--facts", min=0, help="Fact sentences fused into the prompt (Fact[FE]).")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-DTYPE = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
 OUT = typer.Option(None, "--out", help="Also write the figures as JSON here.")
 AS_JSON = typer.Option(False, "--json", help="Print the figures as JSON instead of a table.")
 
@@ -33,8 +31,8 @@ def _setup(test, reference, zero_shot: bool, backbone, checkpoint, device: str, 
     from sage_cli.models.engine import Engine
 
     checkpoint = resolve_checkpoint(checkpoint, backbone)
-    test_img = load_rgb(test or _SAMPLE / "00.jpg")
-    ref_img = None if zero_shot else load_rgb(reference or _SAMPLE / "01.jpg")
+    test_img = load_rgb(test or _PHOTOS / "00.jpg")
+    ref_img = None if zero_shot else load_rgb(reference or _PHOTOS / "01.jpg")
     engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device)
     facts = [f"Fact {i + 1}: hazelnuts can show cracks, holes, stains or print marks on the shell."
              for i in range(num_facts)]
@@ -52,17 +50,16 @@ def _emit(res: dict, out, as_json: bool) -> bool:
     return as_json
 
 
-@speed_app.command("infer")
 def infer(
     test: Optional[Path] = TEST,
     reference: Optional[Path] = REFERENCE,
-    backbone: Optional[str] = BACKBONE,
-    checkpoint: Optional[Path] = CHECKPOINT,
+    backbone: Backbone = None,
+    checkpoint: Checkpoint = None,
     num_facts: int = NUM_FACTS,
     new_tokens: int = typer.Option(64, "--new-tokens", min=2, help="Tokens generated per run on both sides."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs per side (medians are reported)."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     out: Optional[Path] = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
@@ -107,7 +104,6 @@ def infer(
         typer.echo(f"figures: {out}")
 
 
-@speed_app.command("train")
 def train(
     train_file: Optional[Path] = typer.Option(None, "--train", help="QA groups for SFE (default: a toy set made from the bundled hazelnut photos)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs for E-DPO (with --train)."),
@@ -184,19 +180,18 @@ def train(
                   "allocations; CUDA peaks are exact)")
 
 
-@speed_app.command("group")
 def group(
     test: Optional[Path] = TEST,
     reference: Optional[Path] = REFERENCE,
     zero_shot: bool = typer.Option(False, "--zero-shot", help="No reference image."),
-    backbone: Optional[str] = BACKBONE,
-    checkpoint: Optional[Path] = CHECKPOINT,
+    backbone: Backbone = None,
+    checkpoint: Checkpoint = None,
     questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="The group's questions, one per line (default: five typical ones)."),
     num_facts: int = NUM_FACTS,
     new_tokens: int = typer.Option(32, "--new-tokens", min=1, help="Longest answer per question, on both sides."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs per side (medians are reported)."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     out: Optional[Path] = OUT,
     as_json: bool = AS_JSON,
 ) -> None:

@@ -16,8 +16,8 @@ def demo(
 ) -> None:
     """Run synth -> facts -> prefs -> scores -> SFE -> E-DPO -> infer -> bench on the bundled photos.
 
-    Each step is the `sage` command printed before it runs (its full output is in OUT/logs/). The
-    scores come from the explicit offline scorer (SBERT similarity to the best answer), so no LLM
+    Before each step the `sage` command doing the same is printed (the demo calls the library behind
+    it; what the step says is in OUT/logs/). The scores come from the explicit offline scorer (SBERT similarity to the best answer), so no LLM
     endpoint is needed; point `sage score mle --base-url` at a judge for real MLE scores. Takes about
     six minutes on two CPU cores (--fast: about one).
     """

@@ -36,70 +36,55 @@ def extract(
     environment variable named by endpoint.api_key_env and is never written anywhere.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sage_cli.errors import SageError
     from sage_cli.facts import extract as fx
-    from sage_cli.facts.store import prompt_set_id
 
     cfg = resolve(recipe, "facts", overrides, print_config)
-    if src is None or out is None:
-        raise SageError("give the images with --from ROOT and the facts file with --out FILE")
-    if not cfg.prompts:
-        raise SageError(f"recipe {recipe!r} has no prompts")
-    if which not in ("test", "all"):
-        raise SageError(f"--which must be test or all, not {which!r}")
-    if out.exists() and out.is_dir():
-        raise SageError(f"{out}: is a folder; --out takes a .jsonl file")
+    fx.check(cfg, recipe, src, out, which)
     console = Console(stderr=True, soft_wrap=True)
-    remote = bool(base_url or cfg.endpoint.base_url)
-    ep = None
-    if remote:
-        from sage_cli.endpoint import Endpoint
-
-        ep = Endpoint.from_config(cfg.endpoint, base_url=base_url, model=model)
-        if not dry_run:
-            ep.check()  # before any work: reachable, key accepted, model served
-        name = ep.model or "(served model)"
-    else:
-        name = cfg.backbone
-    pid = prompt_set_id([cfg.context, *cfg.prompts])
-
-    todo = fx.targets(src, fmt, which)
-    left, done = fx.pending(todo, out, name, pid)
-    left = left[:limit] if limit else left
-    share: list = []
-    if per_category:
-        left, share = fx.split_by_category(left, out, name, pid)
+    ep = _endpoint(cfg, base_url, model, check=not dry_run)
+    p = fx.plan(src, out, cfg, (ep.model or "(served model)") if ep else cfg.backbone, which, fmt, limit, per_category)
     source = ep.describe() if ep else f"local {cfg.backbone}"
-    shared = f" ({len(share)} more share their category's facts)" if per_category else ""
-    console.print(f"{len(todo)} images · {done} have facts already · {len(left)} to ask{shared} · "
+    shared = f" ({len(p.share)} more share their category's facts)" if per_category else ""
+    console.print(f"{len(p.todo)} images · {p.done} have facts already · {len(p.left)} to ask{shared} · "
                   f"{len(cfg.prompts)} prompts each · {source}")
     if dry_run:
-        if left:
-            first = fx.prompts_for(cfg.context, cfg.prompts, left[0].category)
-            console.print(f"first image: {left[0].rel}\nfirst prompt: {first[0]}")
+        if p.left:
+            first = fx.prompts_for(cfg.context, cfg.prompts, p.left[0].category)
+            console.print(f"first image: {p.left[0].rel}\nfirst prompt: {first[0]}")
         return
-    if not left and not share:
+    if not p.left and not p.share:
         console.print(f"nothing to do: {out}")
         return
-
-    written, failed = 0, []
-    columns = (TextColumn("facts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("facts", total=len(left))
-        step = lambda: bar.advance(task)  # noqa: E731
-        if ep is not None and left:
-            written, failed = fx.run_endpoint(ep, left, out, cfg, name, pid, max_facts, on_image=step)
-        elif left:
-            from sage_cli.models.engine import Engine
-
-            engine = Engine.load(cfg.backbone, dtype=dtype, device=device)
-            written = fx.run_local(engine, left, out, cfg, name, pid, max_facts, on_image=step)
-    if share:
-        console.print(f"{fx.share_category_facts(share, out, name, pid)} images share their category's facts")
+    written, failed, n_shared = _run(console, p, out, cfg, ep, device, dtype, max_facts)
+    if p.share:
+        console.print(f"{n_shared} images share their category's facts")
     for f in failed[:5]:
         console.print(f"[yellow]skipped[/] {f}")
     console.print(f"wrote facts for {written} images ({len(failed)} skipped, asked again on the next run) → {out}")
     if failed:
         raise typer.Exit(1)
+
+
+def _endpoint(cfg, base_url: str | None, model: str | None, check: bool):
+    """The endpoint when one is set (checked before any work: reachable, key accepted, model served)."""
+    if not (base_url or cfg.endpoint.base_url):
+        return None
+    from sage_cli.endpoint import Endpoint
+
+    ep = Endpoint.from_config(cfg.endpoint, base_url=base_url, model=model)
+    if check:
+        ep.check()
+    return ep
+
+
+def _run(console, p, out: Path, cfg, ep, device: str, dtype: str, max_facts: int):
+    """fx.run under a progress bar: (written, refused by the endpoint, shared)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sage_cli.facts import extract as fx
+
+    columns = (TextColumn("facts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("facts", total=len(p.left))
+        return fx.run(p, out, cfg, ep, device, dtype, max_facts, on_image=lambda: bar.advance(task))

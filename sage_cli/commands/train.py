@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,6 +9,7 @@ from typing import Optional
 import typer
 
 from sage_cli.commands.recipe_opts import OVERRIDES, PRINT_CONFIG, recipe_option
+from sage_cli.train.launch import launched, relaunch
 
 TRAIN = typer.Option(None, "--train", help="Training data (sets data.train): QA groups for sfe, pairs.jsonl for edpo.")
 VAL = typer.Option(None, "--val", help="Validation data of the same kind (sets data.val).")
@@ -68,8 +68,8 @@ def _train(stage: str, a: dict) -> None:
     if a["print_config"]:
         typer.echo(to_yaml(cfg), nl=False)
         raise typer.Exit(0)
-    if a["accelerate_config"] and not _launched():
-        _relaunch(a["accelerate_config"])
+    if a["accelerate_config"] and not launched():
+        raise typer.Exit(relaunch(a["accelerate_config"], sys.argv[1:]))
 
     from rich.console import Console
 
@@ -129,63 +129,3 @@ def _print_plan(console, run) -> None:
     console.print(f"data: {p.examples} training examples, {p.val_examples} validation · {p.world_size} process(es) × "
                   f"batch {p.batch_size} × accumulation {p.grad_accum} = {p.global_batch} per step · "
                   f"{p.steps_per_epoch} steps per epoch · {p.total_steps} steps")
-
-
-def _launched() -> bool:
-    """Inside `accelerate launch` / torchrun already (they set these)."""
-    return "LOCAL_RANK" in os.environ or "ACCELERATE_PROCESS_INDEX" in os.environ
-
-
-def _relaunch(config: str) -> None:
-    """Run this same command again under `accelerate launch --config_file CONFIG`, without the flag."""
-    import subprocess
-
-    from sage_cli.config import find_accelerate_config
-
-    path = find_accelerate_config(config)
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg == "--accelerate-config":
-            skip = True
-            continue
-        if arg.startswith("--accelerate-config="):
-            continue
-        argv.append(arg)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "sage_cli", *argv]
-    env = dict(os.environ)
-    if sys.stderr.isatty():  # the main process's progress bar still draws, through the pipe below
-        import shutil
-
-        env.setdefault("TTY_COMPATIBLE", "1")
-        env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
-    relay_stderr(proc.stderr.fileno(), sys.stderr.buffer)
-    raise typer.Exit(proc.wait())
-
-
-def relay_stderr(fd: int, out) -> None:
-    """Copy the launched processes' stderr to `out` as it comes, until a process prints sage's one-line
-    "error: ..."; after it only new error lines pass, not the same line from every process nor the
-    launcher's report of the failed processes (a traceback of torch's launcher, not of sage)."""
-    pending, written = b"", 0  # the current line, and how much of it is already out (progress bars)
-    failed, shown = False, set()
-    while chunk := os.read(fd, 65536):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            is_error = line.startswith(b"error: ")
-            if not failed:
-                out.write(line[written:] + b"\n")
-            elif is_error and line not in shown:
-                out.write(line + b"\n")
-            if is_error:
-                failed = True
-                shown.add(line)
-            written = 0
-        if not failed and len(pending) > written:
-            out.write(pending[written:])
-            written = len(pending)
-        out.flush()

@@ -1,7 +1,9 @@
 """`sage facts extract`: which images to ask about, and asking them (local backbone or an endpoint).
 
-Each finished image becomes one appended record (store.py), so a killed run loses at most the images
-in flight and a rerun asks only for what is missing. Images are keyed by content hash, not by name.
+`plan` says what a run will do (what is done already, what is asked, what shares its category's
+facts) and `run` does it; the command and the demo call both. Each finished image becomes one appended
+record (store.py), so a killed run loses at most the images in flight and a rerun asks only for what is
+missing. Images are keyed by content hash, not by name.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from pathlib import Path
 
 from sage_cli import jsonl
 from sage_cli.errors import SageError
-from sage_cli.facts.store import FACTS_FORMAT, read_facts, sha256_file
-from sage_cli.facts.writer import split_sentences
+from sage_cli.facts.store import FACTS_FORMAT, prompt_set_id, read_facts, sha256_file
+from sage_cli.facts.writer import sentences, split_sentences
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Target:
 
 def targets(root: Path, fmt: str | None = None, which: str = "test", strict: bool = False) -> list[Target]:
     """The images of a data set to write facts for, each once: test images (default) or every image."""
-    from sage_cli.data.detect import open_dataset
+    from sage_cli.data.formats import open_dataset
     from sage_cli.data.images import IMAGE_SUFFIXES
 
     root = Path(root)
@@ -129,46 +131,29 @@ def share_category_facts(share: list[Target], out: Path, model: str, prompt_id: 
 
 def record(t: Target, model: str, prompt_id: str, prompts: list[str], replies: list[str], limit: int,
            context: str = "") -> dict:
-    echo = tuple(split_sentences(context_line(context, t.category))) if context else ()
-    facts: list[str] = []
-    for reply in replies:
-        for s in split_sentences(reply, drop=echo):
-            if s not in facts:
-                facts.append(s)
+    echo = tuple(split_sentences(context_line(context, t.category))) if context else ()  # not a fact
     return {"format": FACTS_FORMAT, "image": t.rel, "image_sha256": t.sha256, "model": model,
-            "prompt_id": prompt_id, "category": t.category, "prompts": prompts, "facts": facts[:limit],
-            "replies": replies}
+            "prompt_id": prompt_id, "category": t.category, "prompts": prompts,
+            "facts": sentences(replies, drop=echo, limit=limit), "replies": replies}
 
 
 def run_local(engine, todo: list[Target], out: Path, recipe, model: str, prompt_id: str, limit: int,
               on_image=None) -> int:
-    """Batches of images; each batch's images are encoded once and all their prompts decoded together."""
-    import torch
-
+    """Batches of images; each image encoded once, a batch's prompts decoded together (writer.ask)."""
     from sage_cli.data.images import load_rgb
+    from sage_cli.facts.writer import ask
 
-    m = engine.model
     written = 0
     for start in range(0, len(todo), recipe.batch_size):
         batch = todo[start:start + recipe.batch_size]
         asks = [prompts_for(recipe.context, recipe.prompts, t.category) for t in batch]
-        n = len(recipe.prompts)
-        pixels = m.backbone.preprocess([load_rgb(t.path) for t in batch])  # [b, 3, H, W]
-        with torch.no_grad():
-            enc = m.encode(pixels, None, [[] for _ in batch]).repeat(n)  # zero-shot, no facts: [b*n, ...]
-            built = m.assemble(enc, [q for qs in asks for q in qs], padding_side="left")
-            replies = m.generate(built, max_new_tokens=recipe.max_new_tokens, **_sampling(recipe))
-        for i, t in enumerate(batch):
-            jsonl.append(out, [record(t, model, prompt_id, asks[i], replies[i * n:(i + 1) * n], limit,
-                                      recipe.context)])
+        replies = ask(engine, [load_rgb(t.path) for t in batch], asks, recipe.max_new_tokens, recipe.temperature)
+        for t, qs, rs in zip(batch, asks, replies):
+            jsonl.append(out, [record(t, model, prompt_id, qs, rs, limit, recipe.context)])
             written += 1
             if on_image:
                 on_image()
     return written
-
-
-def _sampling(recipe) -> dict:
-    return {"do_sample": True, "temperature": recipe.temperature} if recipe.temperature > 0 else {}
 
 
 def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_id: str, limit: int,
@@ -206,3 +191,61 @@ def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_i
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return written, failures
+
+
+# ---------------------------------------------------------------------------------------------- a run
+
+
+@dataclass
+class Plan:
+    """What one run does: `left` asked now, `share` given their category's facts, `done` skipped."""
+
+    todo: list[Target]  # every image of the data set
+    left: list[Target]
+    share: list[Target]
+    done: int
+    model: str  # as recorded: the local backbone or the endpoint's model
+    prompt_id: str
+
+
+def check(recipe, recipe_name: str, src: Path | None, out: Path | None, which: str) -> None:
+    """The request's own errors, before anything is read."""
+    if src is None or out is None:
+        raise SageError("give the images with --from ROOT and the facts file with --out FILE")
+    if not recipe.prompts:
+        raise SageError(f"recipe {recipe_name!r} has no prompts")
+    if which not in ("test", "all"):
+        raise SageError(f"--which must be test or all, not {which!r}")
+    if out.exists() and out.is_dir():
+        raise SageError(f"{out}: is a folder; --out takes a .jsonl file")
+
+
+def plan(src: Path, out: Path, recipe, model: str, which: str = "test", fmt: str | None = None,
+         limit: int | None = None, per_category: bool = False) -> Plan:
+    """The images of `src`, less those with a record for (model, the recipe's prompts) in `out`."""
+    pid = prompt_set_id([recipe.context, *recipe.prompts])
+    todo = targets(src, fmt, which)
+    left, done = pending(todo, out, model, pid)
+    left = left[:limit] if limit else left
+    share: list[Target] = []
+    if per_category:
+        left, share = split_by_category(left, out, model, pid)
+    return Plan(todo, left, share, done, model, pid)
+
+
+def run(p: Plan, out: Path, recipe, endpoint=None, device: str = "auto", dtype: str = "auto", max_facts: int = 16,
+        on_image=None) -> tuple[int, list[str], int]:
+    """Ask about `p.left` (the endpoint, else the recipe's local backbone), then share category facts.
+
+    Returns (images written, images the endpoint refused, images given their category's facts).
+    """
+    written, failed = 0, []
+    if endpoint is not None and p.left:
+        written, failed = run_endpoint(endpoint, p.left, out, recipe, p.model, p.prompt_id, max_facts, on_image)
+    elif p.left:
+        from sage_cli.models.engine import Engine
+
+        engine = Engine.load(recipe.backbone, dtype=dtype, device=device)
+        written = run_local(engine, p.left, out, recipe, p.model, p.prompt_id, max_facts, on_image)
+    shared = share_category_facts(p.share, out, p.model, p.prompt_id) if p.share else 0
+    return written, failed, shared

@@ -115,7 +115,7 @@ def save(model, out_dir: str | Path, backbone: str, extra: dict | None = None, l
 
 def read_config(ckpt_dir: str | Path) -> dict:
     """config.json of a checkpoint, or sage.json of a folder written by `sage models export`."""
-    from sage_cli.models.export import EXPORT_CONFIG, is_export
+    from sage_cli.models.export_layout import EXPORT_CONFIG, is_export
 
     path = Path(ckpt_dir) / (EXPORT_CONFIG if is_export(ckpt_dir) else CONFIG)
     try:
@@ -152,7 +152,7 @@ def read_state(ckpt_dir: str | Path) -> dict:
     """The checkpoint's tensors by their keys (adapter., fusion., projector., llm.), from either layout."""
     from safetensors.torch import load_file
 
-    from sage_cli.models.export import is_export, read_export_state
+    from sage_cli.models.export_layout import is_export, read_export_state
 
     try:
         if is_export(ckpt_dir):

@@ -68,6 +68,10 @@ def _require_onnx():
     return require("onnx", extra="weights")
 
 
+class _Unknown(Exception):
+    """The graph differs from the DINOv2 this converter knows; the message says how."""
+
+
 def inspect_onnx(path: str | Path, model=None) -> dict:
     """Read the graph's structure: the Dinov2Config fields, where the backbone ends, what the head is.
 
@@ -75,27 +79,57 @@ def inspect_onnx(path: str | Path, model=None) -> dict:
     """
     path = Path(path)
     model = model if model is not None else _load(path)
-    g = model.graph
+    try:
+        return _inspect(model.graph)
+    except _Unknown as e:
+        raise SageError(f"{path.name} is not the DINOv2 graph this converter knows: {e}") from None
+
+
+def _inspect(g) -> dict:
     inits = {t.name: list(t.dims) for t in g.initializer}
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+    hidden, patch_w, layers, mlp = _sizes(inits)
+    pos = _position_embeddings(g, inits, hidden)
+    eps_f32 = _layer_norm_eps(g, consts)
+    head_dim = _head_dim(g, consts, hidden)
+    if not any(n.op_type == "Erf" and "/mlp/" in n.name for n in g.node):
+        raise _Unknown("the MLP activation is not the exact (erf) GELU")
+    in_shape = [d.dim_value or d.dim_param for d in g.input[0].type.tensor_type.shape.dim]
+    return {
+        "input": {"name": g.input[0].name, "shape": in_shape},
+        "outputs": [o.name for o in g.output],
+        "backbone_output": _backbone_end(g),
+        "config": dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // head_dim,
+                       mlp_ratio=mlp // hidden if mlp % hidden == 0 else mlp / hidden, patch_size=patch_w[-1],
+                       image_size=pos["grid"] * patch_w[-1], num_channels=patch_w[1],
+                       layer_norm_eps=float(f"{eps_f32:.6g}"),  # 9.99999997e-07 (float32) -> 1e-06
+                       hidden_act="gelu", qkv_bias=True, layerscale_value=1.0, use_swiglu_ffn=False,
+                       use_mask_token=False),
+        "layer_scale": "backbone.encoder.layer.0.layer_scale1.lambda1" in inits,
+        "registers": 0,
+        "layer_norm_eps_float32": eps_f32,
+        "pos_embed": pos,
+        "head": _head(g, inits, pos),
+    }
 
-    def fail(why: str):
-        raise SageError(f"{path.name} is not the DINOv2 graph this converter knows: {why}")
 
+def _sizes(inits: dict) -> tuple[int, list[int], int, int]:
+    """(hidden size, patch conv weight dims [D, 3, p, p], layers, MLP width) from the initializers."""
     if "backbone.embeddings.cls_token" not in inits:
-        fail("no backbone.embeddings.cls_token initializer")
+        raise _Unknown("no backbone.embeddings.cls_token initializer")
     if any("register" in n for n in inits):
-        fail("it has register tokens (Dinov2WithRegisters is not supported)")
+        raise _Unknown("it has register tokens (Dinov2WithRegisters is not supported)")
     if any("weights_in" in n or "gate_proj" in n for n in inits):
-        fail("it has a SwiGLU MLP (only the ViT-S/B/L GELU MLP is supported)")
+        raise _Unknown("it has a SwiGLU MLP (only the ViT-S/B/L GELU MLP is supported)")
     hidden = inits["backbone.embeddings.cls_token"][-1]
-    patch_w = inits["backbone.embeddings.patch_embeddings.projection.weight"]  # [D, 3, p, p]
-    patch = patch_w[-1]
+    patch_w = inits["backbone.embeddings.patch_embeddings.projection.weight"]
     layers = 1 + max(int(m.group(1)) for n in inits if (m := re.match(r"backbone\.encoder\.layer\.(\d+)\.", n)))
-    mlp = inits["backbone.encoder.layer.0.mlp.fc1.bias"][0]
+    return hidden, patch_w, layers, inits["backbone.encoder.layer.0.mlp.fc1.bias"][0]
 
-    # Position embeddings: the CLS row is the initializer concatenated in /backbone/embeddings, the
-    # patch rows the one reshaped to a square grid there.
+
+def _position_embeddings(g, inits: dict, hidden: int) -> dict:
+    """The two anonymous initializers and how they are resized: the CLS row is the one concatenated in
+    /backbone/embeddings, the patch rows the one reshaped to a square grid there."""
     cls_pos = patch_pos = None
     for n in g.node:
         if not n.name.startswith("/backbone/embeddings/"):
@@ -105,65 +139,60 @@ def inspect_onnx(path: str | Path, model=None) -> dict:
         if n.op_type == "Reshape" and n.input[0] in inits and len(inits[n.input[0]]) == 3:
             patch_pos = n.input[0]
     if cls_pos is None or patch_pos is None:
-        fail("cannot find the position embeddings")
+        raise _Unknown("cannot find the position embeddings")
     n_pos = inits[patch_pos][1]
     grid = math.isqrt(n_pos)
     if grid * grid != n_pos:
-        fail(f"{n_pos} patch position embeddings do not form a square grid")
+        raise _Unknown(f"{n_pos} patch position embeddings do not form a square grid")
     resize = [n for n in g.node if n.op_type == "Resize" and n.name.startswith("/backbone/embeddings/")]
     interp = {a.name: _attr(a) for a in resize[0].attribute} if resize else {}
     # torch's bicubic interpolate (align_corners=False) is ONNX cubic / a=-0.75 / half_pixel.
     if interp and (interp.get("mode") != "cubic" or interp.get("coordinate_transformation_mode") != "half_pixel"
                    or abs(interp.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6):
-        fail(f"position embeddings are resized with {interp}, not torch's bicubic")
+        raise _Unknown(f"position embeddings are resized with {interp}, not torch's bicubic")
+    return {"cls": cls_pos, "patches": patch_pos, "grid": grid, "interpolation": interp}
 
-    # LayerNorm eps: the constant added to the variance (ReduceMean_1) in every decomposed LayerNorm.
+
+def _layer_norm_eps(g, consts: dict) -> float:
+    """The constant added to the variance (ReduceMean_1) in every decomposed LayerNorm, as stored (float32)."""
     eps = set()
     for n in g.node:
         if n.op_type == "Add" and n.name.startswith("/backbone/") and n.input[0].endswith("ReduceMean_1_output_0"):
             eps.add(float(_const(consts[n.input[1]])))
     if len(eps) != 1:
-        fail(f"LayerNorm eps values {sorted(eps)} (expected one)")
-    eps_f32 = eps.pop()
-    layer_norm_eps = float(f"{eps_f32:.6g}")  # 9.99999997e-07 (float32) -> 1e-06
+        raise _Unknown(f"LayerNorm eps values {sorted(eps)} (expected one)")
+    return eps.pop()
 
-    # Heads: q and k are each scaled by head_dim ** -0.25 before their product.
+
+def _head_dim(g, consts: dict, hidden: int) -> int:
+    """q and k are each scaled by head_dim ** -0.25 before their product."""
     scales = [float(_const(consts[n.input[1]])) for n in g.node
               if n.op_type == "Mul" and n.name.startswith("/backbone/encoder/layer.0/attention/attention/")
               and n.input[1] in consts]
     if not scales:
-        fail("cannot find the attention scaling")
+        raise _Unknown("cannot find the attention scaling")
     head_dim = round(scales[0] ** -4)
     if hidden % head_dim:
-        fail(f"head size {head_dim} does not divide the hidden size {hidden}")
-    act = "gelu" if any(n.op_type == "Erf" and "/mlp/" in n.name for n in g.node) else None
-    if act is None:
-        fail("the MLP activation is not the exact (erf) GELU")
+        raise _Unknown(f"head size {head_dim} does not divide the hidden size {hidden}")
+    return head_dim
 
-    # The backbone ends at the output of the final LayerNorm (the Add of backbone.layernorm.bias).
+
+def _backbone_end(g) -> str:
+    """The output of the final LayerNorm (the Add of backbone.layernorm.bias): where the backbone ends."""
     ends = [n.output[0] for n in g.node if n.op_type == "Add" and "backbone.layernorm.bias" in n.input]
     if len(ends) != 1:
-        fail("cannot find the final LayerNorm")
-    head_inits = {n: d for n, d in inits.items() if not n.startswith(_BACKBONE) and n not in
-                  {cls_pos, patch_pos} and not n.startswith("onnx::MatMul")}
+        raise _Unknown("cannot find the final LayerNorm")
+    return ends[0]
+
+
+def _head(g, inits: dict, pos: dict) -> dict:
+    """What follows the backbone (dropped here): its initializers and op counts."""
+    skip = {pos["cls"], pos["patches"]}
+    head_inits = {n: d for n, d in inits.items()
+                  if not n.startswith(_BACKBONE) and n not in skip and not n.startswith("onnx::MatMul")}
     head_ops = Counter(n.op_type for n in g.node if not n.name.startswith("/backbone/") and n.op_type not in
                        ("Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Cast"))
-    in_shape = [d.dim_value or d.dim_param for d in g.input[0].type.tensor_type.shape.dim]
-    mlp_ratio = mlp // hidden if mlp % hidden == 0 else mlp / hidden
-    return {
-        "input": {"name": g.input[0].name, "shape": in_shape},
-        "outputs": [o.name for o in g.output],
-        "backbone_output": ends[0],
-        "config": dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // head_dim,
-                       mlp_ratio=mlp_ratio, patch_size=patch, image_size=grid * patch, num_channels=patch_w[1],
-                       layer_norm_eps=layer_norm_eps, hidden_act=act, qkv_bias=True, layerscale_value=1.0,
-                       use_swiglu_ffn=False, use_mask_token=False),
-        "layer_scale": "backbone.encoder.layer.0.layer_scale1.lambda1" in inits,
-        "registers": 0,
-        "layer_norm_eps_float32": eps_f32,
-        "pos_embed": {"cls": cls_pos, "patches": patch_pos, "grid": grid, "interpolation": interp},
-        "head": {"initializers": head_inits, "ops": dict(head_ops)},
-    }
+    return {"initializers": head_inits, "ops": dict(head_ops)}
 
 
 def _attr(a):

@@ -24,32 +24,13 @@ from pathlib import Path
 
 from sage_cli.atomic import swap_in_dir
 from sage_cli.errors import SageError
+from sage_cli.models.export_layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_CONFIG, LLM_DIR, SAGE_LAYERS, peft_key
 
-EXPORT_CONFIG, SAGE_LAYERS = "sage.json", "sage_layers.safetensors"
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-LLM_DIR = "llm"
 FORMATS = ("peft", "hf")
-PEFT_PREFIX = "base_model.model."  # PeftModel wraps the CausalLM: base_model (LoraModel) . model (the LLM)
 SAGE_PREFIXES = ("adapter.", "fusion.", "projector.")
+
 # The LLM each packaged backbone was built from, as the Hub names it (what base_model_name_or_path says).
 BASE_LLM = {"sage-smol": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-
-def is_export(folder: str | Path) -> bool:
-    return (Path(folder) / EXPORT_CONFIG).is_file()
-
-
-def peft_key(key: str) -> str:
-    """ "llm.model.layers.0.self_attn.q_proj.lora_A.default.weight" -> PEFT's saved name (no adapter name)."""
-    return PEFT_PREFIX + key[len("llm."):].replace(".default.", ".")
-
-
-def sage_key(key: str) -> str:
-    """The inverse of `peft_key`."""
-    rest = key[len(PEFT_PREFIX):]
-    for part in (".lora_A.", ".lora_B."):
-        rest = rest.replace(part, f"{part}default.")
-    return "llm." + rest
 
 
 def split_state(state: dict) -> tuple[dict, dict, dict]:
@@ -150,21 +131,6 @@ def _unload_lora(llm) -> None:
         if isinstance(module, LoraLayer):
             parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
             setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
-
-
-def read_export_state(folder: str | Path) -> dict:
-    """An exported folder's tensors in the checkpoint's own key layout (what `checkpoint.load_into` reads)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    state = dict(load_file(str(folder / SAGE_LAYERS)))
-    if (folder / ADAPTER_WEIGHTS).is_file():
-        state.update({sage_key(k): v for k, v in load_file(str(folder / ADAPTER_WEIGHTS)).items()})
-    llm_dir = folder / LLM_DIR
-    if llm_dir.is_dir():  # a merged LLM: every weight, as save_pretrained named them
-        for f in sorted(llm_dir.glob("*.safetensors")):
-            state.update({f"llm.{k}": v for k, v in load_file(str(f)).items()})
-    return state
 
 
 def _read_results(run: Path) -> dict:

@@ -219,13 +219,15 @@ class SageModel(nn.Module):
         return self.backbone.language_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                             labels=batch.labels)
 
-    @torch.no_grad()
-    def generate(self, batch: SageBatch, max_new_tokens: int = 128, **kwargs) -> list[str]:
-        lm, tok = self.backbone.language_model, self.backbone.tokenizer
-        kwargs = {"do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, **kwargs}
-        out = lm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                          max_new_tokens=max_new_tokens, **kwargs)
-        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    def generate(self, batch: SageBatch, max_new_tokens: int = 128, **sampling) -> list[str]:
+        """Answers to a built, left-padded batch, through the Engine's token loop (decoding.py).
+
+        Kept for callers holding a SageBatch; answering images goes through `Engine` (prefix reuse).
+        `sampling`: temperature, top_p, generator, penalty.
+        """
+        from sage_cli.models.decoding import generate_padded
+
+        return generate_padded(self.backbone, batch.inputs_embeds, batch.attention_mask, max_new_tokens, **sampling)
 
 
 def _pad(seqs: list[torch.Tensor], labs: list[torch.Tensor] | None, side: str, cmp: Comparison) -> SageBatch:

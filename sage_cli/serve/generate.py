@@ -57,7 +57,8 @@ class Runner:
 
         def decode(on_text):
             a = eng.answer(prefix, question, max_new_tokens=budget, on_text=on_text, **self._sampling(req))
-            return self._result(a, budget, {"p_yes": a.p_yes, "anomaly": _anomaly(eng.anomaly(prefix))})
+            amap = eng.anomaly(prefix)
+            return self._result(a, budget, {"p_yes": a.p_yes, "anomaly": amap.summary() if amap is not None else None})
 
         return decode
 
@@ -102,13 +103,6 @@ class Runner:
         # The engine stops at a stop token or after `budget` tokens; only the latter is "length".
         finish = "length" if a.new_tokens >= budget else "stop"
         return Result(a.text, finish, a.prompt_tokens, a.new_tokens, sage)
-
-
-def _anomaly(info: dict | None) -> dict | None:
-    if info is None:
-        return None
-    return {"peak": info["peak"], "max": info["max"], "mean": info["mean"], "grid": info["grid"],
-            "selected": info["selected"]}
 
 
 def _context_window(engine) -> int | None:

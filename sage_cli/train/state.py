@@ -13,7 +13,6 @@ finished run leaves (rank records, summary, checkpoint).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -67,22 +66,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """torch's (CPU and CUDA) and Python's RNG seeded for the block, and given back as they were after it.
-
-    What a run draws from them (new layers' initial weights, dropout) repeats from its seed, and a caller
-    that trains in-process (tests, `sage bench train-speed`) keeps its own random stream.
-    """
-    saved = _rng_state()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        _set_rng_state(saved)
 
 
 # ---- resumable states ---------------------------------------------------------------------------------

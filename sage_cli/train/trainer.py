@@ -22,6 +22,7 @@ import torch
 
 from sage_cli import jsonl
 from sage_cli.errors import SageError
+from sage_cli.seeding import seeded
 from sage_cli.models.cache import cache_root as default_cache_root
 from sage_cli.models.checkpoint import trained_state
 from sage_cli.train import distributed
@@ -31,7 +32,7 @@ from sage_cli.train.objective import Batch, EDPOObjective, SFEObjective
 from sage_cli.train.setup import (START, build_model, count_parameters, load_examples, make_plan, model_dtype,
                                   planned_indices, steps)
 from sage_cli.train.state import (latest_state, load_reference, load_state, save_checkpoint, save_reference,
-                                  save_state, seeded, write_rank_record, write_summary)
+                                  save_state, write_rank_record, write_summary)
 
 
 class Run:

@@ -1,0 +1,149 @@
+"""What `sage infer` does, for the command and the demo: check the inputs, answer over one encoding,
+draw the heatmap, and report (the --json object, the anomaly line).
+
+The command only parses options and prints; everything that can fail on the input fails in
+`Inputs.read`, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sage_cli.defaults import DEFAULT_QUESTION
+from sage_cli.errors import SageError
+
+
+@dataclass
+class Inputs:
+    """A checked request: the questions, the decoded images, and where the heatmap goes."""
+
+    test: Path
+    reference: Path | None
+    questions: list[str]
+    test_img: object  # PIL
+    ref_img: object | None
+    heatmap: Path | None = None
+
+    @classmethod
+    def read(cls, test: Path, reference: Path | None, questions: list[str] | None = None,
+             questions_file: Path | None = None, heatmap: Path | None = None) -> Inputs:
+        """Questions (-q, then the file's; DEFAULT_QUESTION without any), images of one size."""
+        from sage_cli.data.images import load_rgb
+        from sage_cli.models.engine import read_questions
+
+        qs = list(questions or []) + (read_questions(questions_file) if questions_file is not None else [])
+        qs = qs or [DEFAULT_QUESTION]
+        if any(not q.strip() for q in qs):
+            raise SageError("a question is empty (-q needs text)")
+        if heatmap is not None and reference is None:
+            raise SageError("--heatmap needs a reference image: the anomaly map compares the test image with it")
+        test_img = load_rgb(test)
+        ref_img = load_rgb(reference) if reference is not None else None
+        if ref_img is not None and ref_img.size != test_img.size:
+            raise SageError(f"{reference}: the reference is {ref_img.size[0]}x{ref_img.size[1]} but the test image "
+                            f"is {test_img.size[0]}x{test_img.size[1]}; use a reference taken like the test image")
+        return cls(Path(test), Path(reference) if reference is not None else None, qs, test_img, ref_img, heatmap)
+
+
+@dataclass
+class Inference:
+    """The answers to one request, with what they were computed from."""
+
+    engine: object
+    inputs: Inputs
+    prefix: object  # engine.Prefix
+    answers: list  # engine.Answer per question
+    anomaly: object | None  # engine.AnomalyMap; None zero-shot
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def facts(self) -> list[str]:
+        """What the model read: the checkpoint's defaults when none were given."""
+        return self.prefix.encoding.facts[0]
+
+    def report(self) -> dict:
+        """The --json object."""
+        from sage_cli import __version__
+
+        a, i = self.anomaly, self.inputs
+        return {
+            "sage": __version__,
+            "backbone": self.engine.backbone_name,
+            "checkpoint": self.engine.checkpoint,
+            "test": str(i.test),
+            "reference": str(i.reference) if i.reference is not None else None,
+            "facts": self.facts,
+            "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, "new_tokens": x.new_tokens,
+                         "prompt_tokens": x.prompt_tokens, "ttft_s": x.ttft_s, "tokens_per_s": x.tokens_per_s}
+                        for x in self.answers],
+            "anomaly": {**a.summary(), "map": a.rounded()} if a is not None else None,
+            "heatmap": str(i.heatmap) if i.heatmap is not None else None,
+            "timings": self.timings,
+        }
+
+    def anomaly_line(self) -> str | None:
+        """Where the map peaks, in words and patches; None zero-shot."""
+        from sage_cli.data.masks import location_words
+
+        a = self.anomaly
+        if a is None:
+            return None
+        (r, c), (gh, gw) = a.peak, a.grid
+        where = location_words((c, r, c + 1, r + 1), gw, gh)
+        return f"anomaly map: peak {a.max:.3f} at the {where} (patch row {r}, col {c} of {gh}x{gw}); mean {a.mean:.3f}"
+
+
+def load_engine(backbone: str | None, checkpoint: Path | None, dtype: str = "auto", device: str = "auto",
+                seed: int = 0, repetition_penalty: float = 1.15):
+    """(engine, seconds): `checkpoint` as given (sage-smol or a folder) or the shipped one by default."""
+    from sage_cli.models.checkpoint import resolve as resolve_checkpoint
+    from sage_cli.models.engine import Engine
+
+    checkpoint = resolve_checkpoint(checkpoint, backbone)
+    t0 = time.perf_counter()
+    engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed,
+                         repetition_penalty=repetition_penalty)
+    return engine, time.perf_counter() - t0
+
+
+def facts_for(spec: str | None, inputs: Inputs, engine) -> list[str]:
+    """--facts: none (the checkpoint's defaults), 'auto' (written now by the backbone, as `sage facts
+    extract` writes them), a facts JSONL (by image hash) or a text file."""
+    if spec is None:
+        return []
+    if spec == "auto":
+        from sage_cli.config import load_recipe
+        from sage_cli.facts.writer import local_facts
+
+        recipe = load_recipe("default", "facts")
+        return local_facts(engine, inputs.test_img, recipe.prompts, recipe.max_new_tokens,
+                           limit=engine.model.num_facts, temperature=recipe.temperature)
+    from sage_cli.facts.store import facts_for_image
+
+    return facts_for_image(Path(spec), inputs.test)
+
+
+def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 128, on_question=None,
+              on_text=None, on_answer=None, timings: dict | None = None) -> Inference:
+    """Encode the pair once, answer every question over it, draw the heatmap if asked.
+
+    `on_question(q)` before each answer, `on_text(str)` as it is decoded (None: not streamed),
+    `on_answer(answer)` after it.
+    """
+    prefix = engine.encode(inputs.test_img, inputs.ref_img, facts)
+    answers = []
+    for q in inputs.questions:
+        if on_question:
+            on_question(q)
+        answers.append(engine.answer(prefix, q, max_new_tokens=max_new_tokens, on_text=on_text))
+        if on_answer:
+            on_answer(answers[-1])
+    anomaly = engine.anomaly(prefix)
+    if inputs.heatmap is not None:
+        from sage_cli import heatmap as hm
+
+        hm.save(hm.render_map(inputs.test_img, anomaly), inputs.heatmap)
+    t = {**(timings or {}), "encode_s": prefix.encode_s, "prefill_s": prefix.prefill_s}
+    return Inference(engine, inputs, prefix, answers, anomaly, t)
