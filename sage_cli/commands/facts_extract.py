@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from sage_cli.commands.options import Device, Dtype
+
 from sage_cli.commands.recipe_opts import OVERRIDES, PRINT_CONFIG, recipe_option, resolve
 
 
@@ -21,8 +23,8 @@ def extract(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Use this OpenAI-compatible endpoint (overrides endpoint.base_url)."),
     model: Optional[str] = typer.Option(None, "--model", help="The endpoint's model (default: the one it serves)."),
     max_facts: int = typer.Option(16, "--max-facts", min=1, help="Keep at most this many sentences per image."),
-    device: str = typer.Option("auto", "--device", help="Local backbone: auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="Local backbone: auto, float32, bfloat16 or float16."),
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     per_category: bool = typer.Option(False, "--per-category", help="Ask about one image per category and give its facts to the category's other images (recorded as shared_from): facts about the kind of object, at a fraction of the cost."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be asked, ask nothing."),
     print_config: bool = PRINT_CONFIG,
