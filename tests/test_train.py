@@ -297,3 +297,18 @@ def test_train_speed_measures_each_pair_in_one_run(world):
     on, off = res["epochs_with_cache"], res["epochs_without_cache"]
     assert len(on["epoch_s"]) == len(off["epoch_s"]) == 2
     assert on["cache"]["hits"] > 0 and off["cache"]["hits"] == 0
+
+
+def test_edpo_starts_from_the_shipped_checkpoint_by_name(tmp_path, capsys):
+    """`--checkpoint sage-smol` names the shipped checkpoint here as it does for infer and bench."""
+    from sage_cli.cli import run
+    from sage_cli.defaults import PAIR
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"format": "sage-pairs/1", "group_id": "g0", "q": 0, "test_image": "crack.jpg",
+                                 "reference_image": "reference.jpg", "question": "Is there any defect?",
+                                 "chosen": "Yes. A crack.", "rejected": "No.", "delta_h": 0.1, "kind": "max"}) + "\n")
+    rc = run(["train", "edpo", "--checkpoint", "sage-smol", "--train", str(pairs), "--root", str(PAIR), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "1 training examples" in err and "fusion" in err

@@ -132,10 +132,10 @@ def build_model(recipe, stage: str, dtype: torch.dtype, device) -> tuple[SageMod
 
     Stage 1 trains adapter + fusion + projection + LLM (LoRA or full); stage 2 the adapter + LLM with
     the fusion layer and projection frozen. The vision encoder is always frozen. The new layers take
-    their initial weights from torch's global RNG: the caller seeds it (see state.seeded).
+    their initial weights from torch's global RNG: the caller seeds it (see seeding.seeded).
     """
     mc = recipe.model
-    start = mc.checkpoint
+    start = ckpt.resolve(mc.checkpoint, mc.backbone) if mc.checkpoint else None  # "sage-smol": the shipped one
     config = ckpt.read_config(start) if start else {}
     if start and config["backbone"] != mc.backbone:
         raise SageError(f"{start}: checkpoint is for backbone {config['backbone']!r}, but the recipe's "
