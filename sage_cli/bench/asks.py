@@ -10,8 +10,10 @@
 * ``location``: whether the defect is at a named place ("Is the anomaly on the right side?");
 * ``other``: anything else, mostly consequences and causes ("Could this cause leakage?").
 
-Kinds are tried in the order location, other (a consequence or cause), type, normal, presence: "Could
-the crack cause leakage?" is a consequence, "Is the crack on the left?" a location question.
+A decision is read first, by its verb ("Should it be rejected?": presence; "Can it be shipped?",
+"Would you accept it?": normal). Then kinds are tried in the order location, other (a consequence or
+cause), type, normal, presence: "Could the crack cause leakage?" is a consequence, "Is the crack on the
+left?" a location question.
 The word lists (`lexicon`) are shared with the answer reader in `verdict.py`.
 """
 
