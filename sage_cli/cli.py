@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from sage_cli.commands import data_ls, data_normals, data_synth, env as env_cmd, models as models_cmd, prefs_build, recipes as recipes_cmd
+from sage_cli.commands import data_export, data_ls, data_normals, data_synth, env as env_cmd, models as models_cmd, prefs_build, recipes as recipes_cmd
 from sage_cli.commands import bench as bench_cmd, bench_speed, demo as demo_cmd, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
 
 app = typer.Typer(
@@ -35,13 +35,14 @@ prefs_app = _group("prefs", "Preference data (AD-PL style): QA groups with four 
 score_app = _group("score", "MLE scores from an LLM judge and entropy-based pair selection for E-DPO.")
 train_app = _group("train", "The two training stages: SFE (stage 1) and E-DPO (stage 2).")
 bench_app = _group("bench", "The paper's metrics (accuracy per level, Acc-G, SBERT, MLE) on QA benchmarks.")
-data_app = _group("data", "Inspect dataset roots, make normal images of new categories and synthetic defects on them.")
+data_app = _group("data", "Inspect dataset roots, make normal images of new categories and synthetic defects on them, export QA groups and pairs as Hugging Face datasets.")
 recipes_app = _group("recipes", "Find, read, copy and validate YAML recipes.")
 models_app = _group("models", "The embedded sage-smol backbone (what is installed and cached, building it) and packing checkpoints.")
 
 data_app.command("ls")(data_ls.ls)
 data_app.command("synth")(data_synth.synth)
 data_app.command("normals")(data_normals.normals)
+data_app.command("export")(data_export.export)
 
 recipes_app.command("ls")(recipes_cmd.ls)
 recipes_app.command("show")(recipes_cmd.show)
@@ -63,6 +64,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("env")(env_cmd.env)
 train_app.command("sfe")(train_cmd.sfe)
 train_app.command("edpo")(train_cmd.edpo)
+train_app.command("plot")(train_cmd.plot)
 
 for fmt in bench_cmd.FORMAT_HELP:  # manta, mpdd, mmad, qa, mvtec: one command each, same options
     bench_app.command(fmt)(bench_cmd.command_for(fmt))

@@ -1,7 +1,8 @@
 """Recipes: typed YAML configs, `key.sub=value` overrides, and did-you-mean validation.
 
 A recipe is a YAML file whose top-level `kind` picks its schema (a dataclass below). Unknown keys,
-wrong types and bad choices fail with one line naming the key; a close spelling is suggested.
+wrong types, bad choices and numbers out of range (RANGES) fail with one line naming the key; a close
+spelling is suggested. All of it is checked when the recipe is loaded, before a command writes anything.
 Recipes are found by path, or by name under the recipe directory (`sfe/sage-smol`, or `sage-smol`
 for a command that knows its kind).
 """
@@ -9,6 +10,7 @@ for a command that knows its kind).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -76,6 +78,8 @@ class TrainConfig:
     save_every: int | None = None  # optimizer steps between resumable states (None = only the final checkpoint)
     feature_cache: bool = True  # keep the frozen encoder's features of each image (memory + disk)
     verdict_weight: float = 1.0  # SFE: weight of each answer's first (Yes/No) token; 1 = plain CE (Eq. 8)
+    eval_every: int = 0  # optimizer steps between validations (0 = only at the end); logged as val/*
+    report_to: list[Literal["tensorboard"]] = field(default_factory=list)  # trackers besides metrics.jsonl
 
 
 @dataclass
@@ -147,6 +151,89 @@ class ScoreRecipe:
 
 
 SCHEMAS: dict[str, type] = {"sfe": SFERecipe, "edpo": EDPORecipe, "facts": FactsRecipe, "score": ScoreRecipe}
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of the numbers. Every int or float field of a schema has one: from RANGES, else the default
+# of its type (DEFAULT_INT / DEFAULT_FLOAT). A value outside it fails at load time with one line naming
+# the key; tests/test_recipes.py walks every numeric field of every kind with values just outside.
+
+INT_MAX = 2**31 - 1  # no count, size or step number of a recipe is anywhere near this
+
+
+@dataclass(frozen=True)
+class Range:
+    """lo <= x <= hi (`lo_open` / `hi_open` make that end strict); a float must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""  # what such a number is, for the error line
+
+    def check(self, value: int | float, path: str) -> None:
+        why = f" ({self.why})" if self.why else ""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SageError(f"{path} must be a finite number{why}, got {value!r}")
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            raise SageError(f"{path} must be {'>' if self.lo_open else '>='} {_num(self.lo)}{why}, got {value!r}")
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+            raise SageError(f"{path} must be {'<' if self.hi_open else '<='} {_num(self.hi)}{why}, got {value!r}")
+
+    def bad_values(self, tp: type) -> list:
+        """Values just outside the range (for tests): below it, above it, and for a float nan and inf."""
+        step = 1 if tp is int else 0.5
+        out = []
+        if self.lo is not None:
+            out.append(tp(self.lo) if self.lo_open else tp(self.lo - step))
+        if self.hi is not None:
+            out.append(tp(self.hi) if self.hi_open else tp(self.hi + step))
+        return out + ([math.nan, math.inf] if tp is float else [])
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+POSITIVE_INT = Range(1, INT_MAX)  # sizes, counts, "every N steps" (None, where allowed, means off)
+NON_NEGATIVE_INT = Range(0, INT_MAX)  # warm-up steps, retries
+SEED = Range(0, 2**32 - 1, why="numpy's seeds are 32-bit")
+POSITIVE = Range(0.0, lo_open=True)  # learning rates, beta, timeouts, loss weights
+NON_NEGATIVE = Range(0.0)  # weight decay, clipping (0 = off), eta, temperature
+DROPOUT = Range(0.0, 1.0, hi_open=True, why="a probability; 1 would zero the LoRA branch and nothing would train")
+DEFAULT_INT, DEFAULT_FLOAT = POSITIVE_INT, NON_NEGATIVE  # fields not listed (None means "off", so 0 is not needed)
+
+RANGES: dict[type, dict[str, Range]] = {
+    ModelConfig: {"num_facts": POSITIVE_INT, "k_patches": POSITIVE_INT, "fusion_heads": POSITIVE_INT,
+                  "image_size": POSITIVE_INT},
+    LoraConfig: {"r": POSITIVE_INT, "alpha": POSITIVE_INT, "dropout": DROPOUT},
+    OptimConfig: {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE_INT,
+                  "grad_clip": NON_NEGATIVE},
+    TrainConfig: {"epochs": POSITIVE_INT, "max_steps": POSITIVE_INT, "batch_size": POSITIVE_INT,
+                  "grad_accum": POSITIVE_INT, "seed": SEED, "log_every": POSITIVE_INT, "save_every": POSITIVE_INT,
+                  "verdict_weight": POSITIVE, "eval_every": NON_NEGATIVE_INT},
+    EDPOConfig: {"beta": POSITIVE, "eta": NON_NEGATIVE},
+    EndpointConfig: {"timeout": POSITIVE, "max_retries": NON_NEGATIVE_INT, "concurrency": POSITIVE_INT},
+    FactsRecipe: {"max_new_tokens": POSITIVE_INT, "temperature": NON_NEGATIVE, "batch_size": POSITIVE_INT},
+    ScoreRecipe: {"max_tokens": POSITIVE_INT, "temperature": NON_NEGATIVE, "retries_malformed": NON_NEGATIVE_INT},
+}
+
+
+def numeric_type(tp: Any) -> type | None:
+    """int or float for an annotation `int`, `float`, `int | None`, `float | None`; None otherwise."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+        typing.Union, types.UnionType) else [tp]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def range_of(schema: type, name: str) -> Range | None:
+    """The range of a numeric field of `schema` (None for a field that is not a number)."""
+    tp = numeric_type(typing.get_type_hints(schema)[name])
+    if tp is None:
+        return None
+    for cls in schema.__mro__:  # EDPORecipe takes SFERecipe's sections
+        if name in RANGES.get(cls, {}):
+            return RANGES[cls][name]
+    return DEFAULT_INT if tp is int else DEFAULT_FLOAT
 
 # ---------------------------------------------------------------------------------------------
 # Finding recipes
@@ -271,7 +358,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def build(schema: type, data: dict, where: str = "") -> Any:
-    """Instantiate `schema` from a nested dict, checking every key, type and choice."""
+    """Instantiate `schema` from a nested dict, checking every key, type, choice and range."""
     hints = typing.get_type_hints(schema)
     names = [f.name for f in dataclasses.fields(schema)]
     kwargs = {}
@@ -280,6 +367,10 @@ def build(schema: type, data: dict, where: str = "") -> Any:
         if key not in names:
             raise SageError(f"unknown key {path!r}{_hint(key, names, prefix=where)}")
         kwargs[key] = _coerce(hints[key], value, path)
+        if isinstance(kwargs[key], (int, float)) and not isinstance(kwargs[key], bool):
+            rng = range_of(schema, key)
+            if rng is not None:
+                rng.check(kwargs[key], path)
     return schema(**kwargs)
 
 

@@ -277,3 +277,31 @@ def image_part(image, *, max_side: int | None = None) -> dict:
     img.save(buf, format="PNG")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+
+
+# ---------------------------------------------------------------------------------------- secrets
+
+REDACTED = "[redacted]"
+
+
+def endpoint_secrets(endpoint_cfg) -> tuple[str, ...]:
+    """The API key an EndpointConfig reads (the value of $api_key_env), as sent and stripped; () when unset."""
+    key = os.environ.get(endpoint_cfg.api_key_env) or ""
+    return tuple(k for k in dict.fromkeys((key, key.strip())) if k)
+
+
+def redact(value, secrets: tuple[str, ...]):
+    """`value` (text, or lists and dicts of them) with every secret replaced by REDACTED."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for s in sorted(secrets, key=len, reverse=True):
+            value = value.replace(s, REDACTED)
+        return value
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact(v, secrets) for v in value)
+    if isinstance(value, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    return value

@@ -1,18 +1,42 @@
 """What `sage infer` does, for the command and the demo: check the inputs, answer over one encoding,
 draw the heatmap, and report (the --json object, the anomaly line).
 
-The command only parses options and prints; everything that can fail on the input fails in
-`Inputs.read`, before a model is loaded.
+The command only parses options and prints; everything that can fail on the input (images, questions,
+a facts file, where the heatmap goes) fails in `Inputs.read`, before a model is loaded.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_cli.defaults import DEFAULT_QUESTION
 from sage_cli.errors import SageError
+
+HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what heatmap.save writes
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Refuse an output path that cannot be written (a folder, under a file, unwritable), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise SageError(f"{path}: is a folder; the {what} needs a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the folders to be made, up to one that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SageError(f"{path}: cannot write the {what} there ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SageError(f"{path}: cannot write the {what} there ({parent} is not writable)")
+
+
+def check_heatmap_path(path: Path) -> None:
+    """The heatmap's suffix picks its format; checked with the rest of the request, not after inference."""
+    if Path(path).suffix.lower() not in HEATMAP_SUFFIXES:
+        raise SageError(f"{path}: the heatmap must be .png, .jpg or .webp")
+    check_output_file(path, "heatmap")
 
 
 @dataclass
@@ -25,11 +49,14 @@ class Inputs:
     test_img: object  # PIL
     ref_img: object | None
     heatmap: Path | None = None
+    facts_file: Path | None = None  # --facts FILE, read here ('auto' is written later, by the model)
+    file_facts: list[str] | None = None
 
     @classmethod
     def read(cls, test: Path, reference: Path | None, questions: list[str] | None = None,
-             questions_file: Path | None = None, heatmap: Path | None = None) -> Inputs:
-        """Questions (-q, then the file's; DEFAULT_QUESTION without any), images of one size."""
+             questions_file: Path | None = None, heatmap: Path | None = None, facts: str | None = None) -> Inputs:
+        """Questions (-q, then the file's; DEFAULT_QUESTION without any), images of one size, where the
+        heatmap goes, the test image's facts from a --facts file."""
         from sage_cli.data.images import load_rgb
         from sage_cli.models.engine import read_questions
 
@@ -39,12 +66,21 @@ class Inputs:
             raise SageError("a question is empty (-q needs text)")
         if heatmap is not None and reference is None:
             raise SageError("--heatmap needs a reference image: the anomaly map compares the test image with it")
+        if heatmap is not None:
+            check_heatmap_path(heatmap)
         test_img = load_rgb(test)
         ref_img = load_rgb(reference) if reference is not None else None
         if ref_img is not None and ref_img.size != test_img.size:
             raise SageError(f"{reference}: the reference is {ref_img.size[0]}x{ref_img.size[1]} but the test image "
                             f"is {test_img.size[0]}x{test_img.size[1]}; use a reference taken like the test image")
-        return cls(Path(test), Path(reference) if reference is not None else None, qs, test_img, ref_img, heatmap)
+        facts_file = file_facts = None
+        if facts is not None and facts != "auto":
+            from sage_cli.facts.store import facts_for_image
+
+            facts_file = Path(facts)
+            file_facts = facts_for_image(facts_file, test)
+        return cls(Path(test), Path(reference) if reference is not None else None, qs, test_img, ref_img, heatmap,
+                   facts_file, file_facts)
 
 
 @dataclass
@@ -113,6 +149,8 @@ def facts_for(spec: str | None, inputs: Inputs, engine) -> list[str]:
     extract` writes them), a facts JSONL (by image hash) or a text file."""
     if spec is None:
         return []
+    if inputs.facts_file is not None and Path(spec) == inputs.facts_file:
+        return list(inputs.file_facts)  # read with the inputs, before the model loaded
     if spec == "auto":
         from sage_cli.config import load_recipe
         from sage_cli.facts.writer import local_facts

@@ -133,3 +133,93 @@ def test_short_recipe_names_everywhere(capsys, tmp_path):
     assert "names 2 recipes (edpo/sage-smol, sfe/sage-smol)" in err and len(err.strip().splitlines()) == 1
     assert run(["recipes", "show", "internvl2-8b", "--resolved"]) == 0  # each kind's resolved recipe
     assert run(["recipes", "cp", "sfe/sage-smol", str(tmp_path / "x.yaml")]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- number ranges
+
+
+def _numeric_fields(schema, where=""):
+    """(dotted key, annotation type int/float, Range) of every number in `schema`, sections included."""
+    import dataclasses
+    import typing
+
+    from sage_cli.config import numeric_type, range_of
+
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, f"{where}{f.name}.")
+        elif numeric_type(tp) is not None:
+            yield f"{where}{f.name}", numeric_type(tp), range_of(schema, f.name)
+
+
+NUMBERS = [(kind, key, tp, rng) for kind, schema in SCHEMAS.items() for key, tp, rng in _numeric_fields(schema)]
+
+
+def test_the_walk_sees_every_kind_of_number():
+    keys = {(kind, key) for kind, key, _, _ in NUMBERS}
+    assert {("sfe", "train.batch_size"), ("edpo", "edpo.beta"), ("facts", "endpoint.timeout"),
+            ("score", "retries_malformed")} <= keys
+    assert len({kind for kind, *_ in NUMBERS}) == len(SCHEMAS)
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+def test_every_default_number_is_in_its_range(kind):
+    import functools
+
+    cfg = SCHEMAS[kind]()
+    for key, _, rng in _numeric_fields(SCHEMAS[kind]):
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value is not None:
+            rng.check(value, key)
+
+
+def test_every_number_out_of_range_is_one_line_naming_the_key(tmp_path):
+    """Every int/float field of every recipe kind (read from the schemas), given values just outside its
+    range (and nan, inf for floats), fails at load time with one line naming the key."""
+    files = {}
+    for kind in SCHEMAS:
+        files[kind] = tmp_path / f"{kind}.yaml"
+        files[kind].write_text(f"kind: {kind}\n")
+    tried = 0
+    for kind, key, tp, rng in NUMBERS:
+        assert rng is not None, f"{kind}: {key} has no range"
+        bad = rng.bad_values(tp)
+        assert bad, f"{kind}: {key} has a range that refuses nothing"
+        for value in bad:
+            with pytest.raises(SageError) as e:
+                load_recipe(str(files[kind]), kind, [f"{key}={value!r}"])
+            msg = str(e.value)
+            assert f"{key} must be" in msg and "\n" not in msg, (kind, key, value, msg)
+            tried += 1
+    assert tried >= 2 * len(NUMBERS)
+
+
+@pytest.mark.parametrize("override, ok", [
+    ("train.max_steps=null", True), ("train.save_every=null", True), ("model.image_size=null", True),
+    ("optim.warmup_steps=0", True), ("optim.grad_clip=0", True), ("edpo.eta=0", True), ("lora.dropout=0", True),
+    ("optim.lr=2e-6", True), ("train.seed=4294967295", True),
+    ("train.seed=4294967296", False), ("optim.lr=-1", False), ("optim.lr=.nan", False), ("edpo.beta=0", False),
+])
+def test_range_edges(override, ok):
+    if ok:
+        load_recipe("sage-smol", "edpo", [override])
+    else:
+        with pytest.raises(SageError, match=override.split("=")[0] + " must be"):
+            load_recipe("sage-smol", "edpo", [override])
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "sfe", "train.batch_size=0", "--dry-run"],
+    ["train", "sfe", "optim.lr=nan", "--out", "{out}"],
+    ["train", "edpo", "train.epochs=-1", "--out", "{out}"],
+    ["facts", "extract", "batch_size=0", "--from", "{out}", "--out", "{out}/facts.jsonl"],
+])
+def test_commands_refuse_a_bad_number_before_writing_anything(argv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([a.replace("{out}", str(out)) for a in argv]) == 1
+    err = capsys.readouterr().err
+    key = next(a for a in argv if "=" in a).split("=")[0]
+    assert err.startswith("error: ") and f"{key} must be" in err and err.count("\n") == 1
+    assert not out.exists()

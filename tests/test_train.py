@@ -126,13 +126,16 @@ def world(tmp_path_factory):
     assert run(["prefs", "build", "--from", str(root / "data"), "--out", str(root / "prefs"), "--val-frac", "0"]) == 0
     assert run(["score", "mle", str(root / "prefs/train.jsonl"), "--out", str(root / "scores"),
                 "--judge", "offline:sbert"]) == 0
-    yield {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl"}
+    facts = root / "facts.txt"  # facts_mode fe needs facts: one generic list for every image
+    facts.write_text("The widget is a flat square.\nA scratch is a thin bright line.\n")
+    yield {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl",
+           "facts": facts}
     os.environ.pop("SAGE_CACHE", None)
 
 
 def _sfe_args(w, out, *extra):
-    return ["train", "sfe", f"model.backbone={w['vlm']}", "--train", str(w["qa"]), "--out", str(out),
-            "train.batch_size=2", "train.log_every=1", *extra]
+    return ["train", "sfe", f"model.backbone={w['vlm']}", "--train", str(w["qa"]), "--facts", str(w["facts"]),
+            "--out", str(out), "train.batch_size=2", "train.log_every=1", *extra]
 
 
 def _metrics(run_dir):
@@ -166,6 +169,8 @@ def test_sfe_learns_and_leaves_a_checkpoint(sfe_run):
     assert (sfe_run / "checkpoint/config.json").is_file() and (sfe_run / "recipe.yaml").is_file()
     cfg = json.loads((sfe_run / "checkpoint/config.json").read_text())
     assert cfg["stage"] == "sfe" and cfg["lora"]["r"] == 16
+    # trained on one list of facts: the checkpoint keeps it as its default facts (E-DPO below runs without --facts)
+    assert (sfe_run / "checkpoint/facts.txt").read_text() == (sfe_run.parent / "facts.txt").read_text()
     summary = json.loads((sfe_run / "summary.json").read_text())
     assert summary["feature_cache"]["hits"] > summary["feature_cache"]["misses"] > 0
 
@@ -312,3 +317,4 @@ def test_edpo_starts_from_the_shipped_checkpoint_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "1 training examples" in err and "fusion" in err
+    assert "facts: the start checkpoint's default facts" in err  # no --facts: its facts.txt, shown in the plan

@@ -38,22 +38,26 @@ def extract(
     environment variable named by endpoint.api_key_env and is never written anywhere.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from sage_cli.facts import extract as fx
+    from sage_cli.endpoint import endpoint_secrets, redact
 
     cfg = resolve(recipe, "facts", overrides, print_config)
     fx.check(cfg, recipe, src, out, which)
     console = Console(stderr=True, soft_wrap=True)
     ep = _endpoint(cfg, base_url, model, check=not dry_run)
-    p = fx.plan(src, out, cfg, (ep.model or "(served model)") if ep else cfg.backbone, which, fmt, limit, per_category)
-    source = ep.describe() if ep else f"local {cfg.backbone}"
+    secrets = endpoint_secrets(cfg.endpoint)  # a served model's name may echo the key: records hold it redacted
+    name = redact(ep.model or "(served model)", secrets) if ep else cfg.backbone
+    p = fx.plan(src, out, cfg, name, which, fmt, limit, per_category)
+    source = escape(redact(ep.describe(), secrets)) if ep else f"local {escape(cfg.backbone)}"
     shared = f" ({len(p.share)} more share their category's facts)" if per_category else ""
     console.print(f"{len(p.todo)} images · {p.done} have facts already · {len(p.left)} to ask{shared} · "
                   f"{len(cfg.prompts)} prompts each · {source}")
     if dry_run:
         if p.left:
             first = fx.prompts_for(cfg.context, cfg.prompts, p.left[0].category)
-            console.print(f"first image: {p.left[0].rel}\nfirst prompt: {first[0]}")
+            console.print(f"first image: {escape(p.left[0].rel)}\nfirst prompt: {escape(first[0])}")
         return
     if not p.left and not p.share:
         console.print(f"nothing to do: {out}")
@@ -62,7 +66,7 @@ def extract(
     if p.share:
         console.print(f"{n_shared} images share their category's facts")
     for f in failed[:5]:
-        console.print(f"[yellow]skipped[/] {f}")
+        console.print(f"[yellow]skipped[/] {escape(f)}")
     console.print(f"wrote facts for {written} images ({len(failed)} skipped, asked again on the next run) → {out}")
     if failed:
         raise typer.Exit(1)
@@ -73,10 +77,15 @@ def _endpoint(cfg, base_url: str | None, model: str | None, check: bool):
     if not (base_url or cfg.endpoint.base_url):
         return None
     from sage_cli.endpoint import Endpoint
+    from sage_cli.errors import SageError
+    from sage_cli.endpoint import endpoint_secrets, redact
 
     ep = Endpoint.from_config(cfg.endpoint, base_url=base_url, model=model)
     if check:
-        ep.check()
+        try:
+            ep.check()
+        except SageError as e:  # it may list the served model names, which a hostile server controls
+            raise e.__class__(redact(str(e), endpoint_secrets(cfg.endpoint))) from None
     return ep
 
 

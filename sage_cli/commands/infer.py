@@ -37,7 +37,7 @@ def infer(
     """
     from sage_cli.infer import Inputs, facts_for, load_engine, run_infer
 
-    inputs = Inputs.read(test, reference, question, questions_file, heatmap)  # every input check, no model yet
+    inputs = Inputs.read(test, reference, question, questions_file, heatmap, facts)  # every input check, no model yet
     engine, load_s = load_engine(backbone, checkpoint, dtype, device, seed, repetition_penalty)
     given = facts_for(facts, inputs, engine)
     if as_json:

@@ -20,6 +20,7 @@ OUT = typer.Option(None, "--out", help="Run folder (sets train.output_dir).")
 RESUME = typer.Option("no", "--resume", help="auto: continue the run in --out from its latest saved state; no: start fresh.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Start again in a run folder that holds an earlier run.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (data, trainable parameters per part, steps); train nothing.")
+RUN_DIR = typer.Argument(..., help="A run folder of `sage train sfe|edpo` (its metrics.jsonl).")
 ACCEL = typer.Option(None, "--accelerate-config", help="Relaunch under `accelerate launch` with this config: a shipped name (cpu-2: two CPU processes; ddp: every GPU of one machine; fsdp: every GPU, parameters and optimizer states sharded (FSDP2); cpu-2-fsdp: the same on two CPU processes; zero2: every GPU, optimizer states and gradients partitioned (DeepSpeed ZeRO-2, needs deepspeed); cpu-2-zero2: the same on two CPU processes) or a path.")
 
 
@@ -73,17 +74,22 @@ def _train(stage: str, a: dict) -> None:
 
     from rich.console import Console
 
+    from sage_cli.train.setup import missing_data, resolve_facts
     from sage_cli.train.state import check_run_dir, prepare_run_dir
     from sage_cli.train.trainer import Run
 
     console = Console(stderr=True, soft_wrap=True)
     run_dir = Path(cfg.train.output_dir)
+    facts = resolve_facts(stage, cfg)  # may take the start checkpoint's facts.txt (then recipe.yaml says so)
+    missing = missing_data(stage, cfg, facts)  # before any work; a dry run shows what it can, then lists them
+    if missing and not a["dry_run"]:
+        raise SageError(missing[0])
     if not a["dry_run"]:
         check_run_dir(run_dir, a["resume"] == "auto", a["overwrite"])
-    run = Run(stage, cfg, run_dir, feature_cache=cfg.train.feature_cache)
+    run = Run(stage, cfg, run_dir, feature_cache=cfg.train.feature_cache, plan_only=a["dry_run"])
     main = run.accelerator.is_main_process
     if main:
-        _print_plan(console, run)
+        _print_plan(console, run, facts, missing)
     if a["dry_run"]:
         return
     if main:
@@ -93,29 +99,52 @@ def _train(stage: str, a: dict) -> None:
     if main:
         val = summary.get("val")
         extra = f" · val loss {val['loss']:.4f}" if val else ""
+        curves = run_dir / "plots" / "curves.png"
         console.print(f"{stage}: {summary['steps']} steps in {summary['train_s']:.1f} s "
                       f"({summary['samples_per_s']:.2f} samples/s){extra}\ncheckpoint: {summary['checkpoint']}\n"
-                      f"metrics: {run_dir / 'metrics.jsonl'}")
+                      f"metrics: {run_dir / 'metrics.jsonl'}" + (f"\ncurves: {curves}" if curves.is_file() else ""))
 
 
 def _with_progress(run, console, main: bool, resume: bool) -> dict:
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    cols = (TextColumn(f"{run.stage}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeRemainingColumn())
     with Progress(*cols, console=console, disable=not main, transient=False) as bar:
-        task = bar.add_task(run.stage, total=run.plan.total_steps, info="")
+
+        @contextlib.contextmanager
+        def phase(label, total):
+            """A pass before training (feature cache, E-DPO reference): a bar of its own, in a terminal only."""
+            task = bar.add_task(label, total=total, info="", visible=console.is_terminal)
+            yield lambda n: bar.advance(task, n)
+
+        steps: list = []  # the steps' bar, added at the first step: below the bars of the passes before it
 
         def progress(step, rec):
+            if not steps:
+                steps.append(bar.add_task(run.stage, total=run.plan.total_steps, info=""))
             info = f"loss {rec['loss']:.4f} · {rec['samples_per_s']:.2f} samples/s"
             if "rewards/accuracy" in rec:
                 info += f" · acc {rec['rewards/accuracy']:.2f}"
-            bar.update(task, completed=step, info=info)
+            if "val/loss" in rec:
+                info += f" · val {rec['val/loss']:.4f}"
+            bar.update(steps[0], completed=step, info=info)
 
-        return run.run(resume=resume, progress=progress, log=console.print)
+        return run.run(resume=resume, progress=progress, log=console.print, phase=phase)
 
 
-def _print_plan(console, run) -> None:
+def plot(run_dir: Path = RUN_DIR) -> None:
+    """Redraw RUN/plots/curves.png from RUN/metrics.jsonl: loss (and validation loss), learning rate,
+    gradient norm; E-DPO's reward margins and accuracy. Works on a run that is still going."""
+    from sage_cli.train import curves
+
+    out = curves.draw(run_dir)
+    typer.echo(out if out is not None else curves.NO_MATPLOTLIB, err=out is None)
+
+
+def _print_plan(console, run, facts: str | None, missing: list[str]) -> None:
     from rich.table import Table
 
     p = run.plan
@@ -126,6 +155,11 @@ def _print_plan(console, run) -> None:
     for part in sorted(set(p.trainable) | set(p.frozen)):
         t.add_row(part, f"{p.trainable.get(part, 0):,}", f"{p.frozen.get(part, 0):,}")
     console.print(t)
+    if facts is not None:
+        console.print(f"facts: {facts}")
+    if missing:  # a dry run that lacks data: the plan above is what it could say
+        console.print("missing:\n" + "\n".join(f"  {m}" for m in missing))
+        return
     console.print(f"data: {p.examples} training examples, {p.val_examples} validation · {p.world_size} process(es) × "
                   f"batch {p.batch_size} × accumulation {p.grad_accum} = {p.global_batch} per step · "
                   f"{p.steps_per_epoch} steps per epoch · {p.total_steps} steps")

@@ -16,6 +16,7 @@ from pathlib import Path
 from sage_cli import jsonl
 from sage_cli.errors import SageError
 from sage_cli.facts.store import FACTS_FORMAT, prompt_set_id, read_facts, sha256_file
+from sage_cli.endpoint import endpoint_secrets, redact
 from sage_cli.facts.writer import sentences, split_sentences
 
 
@@ -124,8 +125,8 @@ def share_category_facts(share: list[Target], out: Path, model: str, prompt_id: 
         src = first.get(t.category)
         if src is not None:
             recs.append({"format": FACTS_FORMAT, "image": t.rel, "image_sha256": t.sha256, "model": model,
-                         "prompt_id": prompt_id, "category": t.category, "prompts": src["prompts"],
-                         "facts": src["facts"], "shared_from": src["image"]})
+                         "prompt_id": prompt_id, "category": t.category, "prompts": src.get("prompts", []),
+                         "facts": src["facts"], "shared_from": src.get("image", src["image_sha256"])})
     return jsonl.append(out, recs) if recs else 0
 
 
@@ -167,6 +168,7 @@ def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_i
 
     lock = threading.Lock()
     failures: list[str] = []
+    secrets = endpoint_secrets(recipe.endpoint)  # a server echoing the key must not get it written
 
     def one(t: Target) -> int:
         asks = prompts_for(recipe.context, recipe.prompts, t.category)
@@ -176,10 +178,11 @@ def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_i
                                max_tokens=recipe.max_new_tokens, temperature=recipe.temperature) for q in asks]
         except RequestRejected as e:
             with lock:
-                failures.append(f"{t.rel}: {e}")
+                failures.append(redact(f"{t.rel}: {e}", secrets))
             return 0
+        rec = redact(record(t, model, prompt_id, asks, redact(replies, secrets), limit, recipe.context), secrets)
         with lock:  # one writer at a time keeps lines whole
-            jsonl.append(out, [record(t, model, prompt_id, asks, replies, limit, recipe.context)])
+            jsonl.append(out, [rec])
         if on_image:
             on_image()
         return 1
@@ -188,6 +191,8 @@ def run_endpoint(ep, todo: list[Target], out: Path, recipe, model: str, prompt_i
     try:
         futures = [pool.submit(one, t) for t in todo]
         written = sum(f.result() for f in futures)  # the first fatal endpoint error stops the run
+    except SageError as e:
+        raise e.__class__(redact(str(e), secrets)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return written, failures
@@ -218,6 +223,11 @@ def check(recipe, recipe_name: str, src: Path | None, out: Path | None, which: s
         raise SageError(f"--which must be test or all, not {which!r}")
     if out.exists() and out.is_dir():
         raise SageError(f"{out}: is a folder; --out takes a .jsonl file")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # the folders --out would make
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SageError(f"{out}: cannot write the facts file there ({parent} is not a folder)")
 
 
 def plan(src: Path, out: Path, recipe, model: str, which: str = "test", fmt: str | None = None,

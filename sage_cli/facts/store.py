@@ -26,19 +26,59 @@ def key(rec: dict) -> tuple[str, str, str]:
     return rec["image_sha256"], rec["model"], rec["prompt_id"]
 
 
+REQUIRED_TEXT = ("image_sha256", "model", "prompt_id")  # the key
+OPTIONAL_TEXT = ("image", "category", "shared_from")
+OPTIONAL_LISTS = ("prompts", "replies")  # lists of strings, like the required `facts`
+
+
+def check_record(rec: dict) -> str | None:
+    """What is wrong with a sage-facts record (None when nothing): the fields readers use, with their types."""
+    for name in REQUIRED_TEXT:
+        if name not in rec:
+            return f"missing field {name!r}"
+    if "facts" not in rec:
+        return "missing field 'facts'"
+    for name in REQUIRED_TEXT + OPTIONAL_TEXT:
+        if name in rec and not isinstance(rec[name], str):
+            return f"{name!r} must be a string, got {_kind(rec[name])}"
+    for name in ("facts",) + OPTIONAL_LISTS:
+        value = rec.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            return f"{name!r} must be a list of strings, got {_kind(value)}"
+    return None
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        bad = next((x for x in value if not isinstance(x, str)), None)
+        return f"a list holding {type(bad).__name__} {_short(bad)}" if bad is not None else "a list"
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_facts(path: Path | str) -> dict[tuple[str, str, str], dict]:
-    """Every readable record, the last one winning for a key (torn or foreign lines are skipped)."""
+    """Every record, the last one winning for a key. Torn or foreign lines (not JSON, or another format)
+    are skipped; a sage-facts record with missing or mistyped fields is an error naming its line."""
     path = Path(path)
     out: dict[tuple[str, str, str], dict] = {}
     if not path.exists():
         return out
-    for _, rec in jsonl.read(path):
-        if rec is None or rec.get("format") != FACTS_FORMAT:
-            continue
-        try:
+    try:
+        for n, rec in jsonl.read(path):
+            if rec is None or rec.get("format") != FACTS_FORMAT:
+                continue
+            problem = check_record(rec)
+            if problem:
+                raise SageError(f"{path} line {n}: not a valid {FACTS_FORMAT} record ({problem})")
             out[key(rec)] = rec
-        except KeyError:
-            continue
+    except OSError as e:
+        raise SageError(f"{path}: facts file cannot be read ({e.strerror or e.__class__.__name__})") from None
     return out
 
 

@@ -3,6 +3,9 @@
 `sage facts extract` (local) and `sage infer --facts auto` both ask through `ask`: the Engine's
 decoder, zero-shot, without facts, greedy unless the recipe samples, and without a repetition penalty
 (FACTS_PENALTY), however the engine answers other questions.
+
+What an endpoint sends back is written through `redact`: a server that echoes the API key (in a reply,
+a model name, an error) does not get it into a facts file or a log.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from sage_cli.data.problems import Problems
 from sage_cli.data.qa_jsonl import read_qa_jsonl
 from sage_cli.endpoint import EndpointError
 from sage_cli.errors import SageError
+from sage_cli.endpoint import endpoint_secrets, redact
 from sage_cli.judge.files import ScoreWriter, answer_sha, pair_records, read_scores, usable_score, write_pairs
 from sage_cli.judge.judges import Item, make_judge, rubric_digest
 
@@ -164,7 +165,8 @@ def score_file(judge, cfg, recipe_name: str, qa_path: Path, groups, run_groups, 
     runfolder.write_manifest(out / MANIFEST, {**manifest, "status": "running", "updated": _now()}, indent=1)
     if on_start is not None:
         on_start(len(todo))
-    new = _judge_all(judge, name, todo, scores_path, on_scored)
+    secrets = endpoint_secrets(cfg.endpoint) if judge.kind == "endpoint" else ()
+    new = _judge_all(judge, name, todo, scores_path, on_scored, secrets)
 
     records, st = pair_records(groups, read_scores(scores_path), name)
     write_pairs(pairs_path, records)
@@ -177,23 +179,33 @@ def score_file(judge, cfg, recipe_name: str, qa_path: Path, groups, run_groups, 
     }
     runfolder.write_manifest(out / MANIFEST, {**manifest, "status": "done", "counts": counts, "updated": _now()},
                              indent=1)
+    if todo and not new["scored"]:  # a judge that scored nothing is not a success, whatever was written
+        raise SageError(f"all {new['failed']} options failed to score (first: {new['first_failure']}); the failures "
+                        f"are recorded in {scores_path}: fix the judge, then rerun with --retry-failed")
     return counts
 
 
-def _judge_all(judge, name: str, todo: list[Item], scores_path: Path, on_scored) -> dict:
-    """Score `todo`, appending each result to scores.jsonl as it comes; {"scored": n, "failed": n}.
-    An endpoint that gives up keeps what was scored: a rerun resumes from there."""
-    new = {"scored": 0, "failed": 0}
+def _judge_all(judge, name: str, todo: list[Item], scores_path: Path, on_scored,
+               secrets: tuple[str, ...] = ()) -> dict:
+    """Score `todo`, appending each result to scores.jsonl as it comes; {"scored": n, "failed": n,
+    "first_failure": reason}. An endpoint that gives up keeps what was scored: a rerun resumes from there.
+    `secrets` (the API key) are redacted from what is written: a failure's reason may quote the reply."""
+    new = {"scored": 0, "failed": 0, "first_failure": None}
     try:
         with ScoreWriter(scores_path) as w:
             for item, res in judge.score(todo):
                 g, qi, k = item.key
+                res = redact(res, secrets)
                 w.write({"group_id": g, "q": qi, "option": k, **res, "judge": name,
                          "answer_sha": answer_sha(item.answer)})
-                new["failed" if "failed" in res else "scored"] += 1
+                if "failed" in res:
+                    new["failed"] += 1
+                    new["first_failure"] = new["first_failure"] or " ".join(str(res["failed"]).split())[:200]
+                else:
+                    new["scored"] += 1
                 if on_scored is not None:
                     on_scored()
     except EndpointError as e:
-        raise SageError(f"{e}; {new['scored'] + new['failed']} new scores are kept in {scores_path}: "
-                        f"rerun the same command to resume") from None
+        raise SageError(redact(f"{e}; {new['scored'] + new['failed']} new scores are kept in {scores_path}: "
+                               f"rerun the same command to resume", secrets)) from None
     return new

@@ -282,9 +282,10 @@ class ZeRO(DataParallel):
         if len(files) != self.acc.num_processes:
             raise SageError(f"{folder} was saved by {len(files) or 'no'} DeepSpeed process(es), not "
                             f"{self.acc.num_processes}: resume with the accelerate config it was trained with")
-        # weights_only=False: DeepSpeed's state holds its own small objects (loss-scaler settings); the files
-        # are the run's own, written by save_optimizer
-        slices = [torch.load(f, weights_only=False) for f in files]
+        # weights-only, with the few DeepSpeed classes its state holds allowed by name: a run folder from
+        # someone else cannot run code when resumed
+        with torch.serialization.safe_globals(_deepspeed_state_classes()):
+            slices = [torch.load(f, weights_only=True) for f in files]
         self.optimizer.optimizer.load_state_dict(slices, load_optimizer_states=True, load_from_fp32_weights=True)
 
     def rank_record(self, model) -> dict:
@@ -389,3 +390,12 @@ def mean_over_processes(acc, values: dict[str, float]) -> dict[str, float]:
 
 def scalar(t) -> float:
     return float(t.full_tensor() if is_shard(t) else t)  # under FSDP the gradient norm is a DTensor
+
+
+def _deepspeed_state_classes() -> list:
+    """The classes in a DeepSpeed ZeRO optimizer state besides tensors and plain containers."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -18,12 +19,48 @@ from sage_cli.train import examples as ex
 # ---- data ---------------------------------------------------------------------------------------------
 
 
+def missing_data(stage: str, recipe, facts: str | None) -> list[str]:
+    """What the recipe lacks to train, one line each (a run stops at the first; a dry run lists them all);
+    `facts` is what `resolve_facts` found."""
+    out = [] if recipe.data.train else [_no_training_data(stage)]
+    for key in ("train", "val", "facts"):  # a named file that is not there comes first: it is the likelier slip
+        path = getattr(recipe.data, key)
+        if path and not Path(path).exists():
+            out.insert(0, f"{path}: no such file or directory (data.{key})")
+    if facts is None:
+        out.append("model.facts_mode=fe fuses fact sentences, but there are none: set data.facts (or --facts) to "
+                   "a facts file (`sage facts extract`) or a text file of sentences, or set model.facts_mode=none")
+    return out
+
+
+def resolve_facts(stage: str, recipe) -> str | None:
+    """Where the run's fact sentences come from, for the plan; None when facts_mode=fe has none to fuse
+    (the fusion layer would train on nothing). Without data.facts, a start checkpoint's own facts.txt
+    (its default facts, as `sage infer` uses them) is taken: data.facts is set to it, so recipe.yaml says so."""
+    mc, d = recipe.model, recipe.data
+    if mc.facts_mode == "none":
+        return "none (model.facts_mode=none)"
+    if d.facts:
+        return str(d.facts)
+    start = ckpt.resolve(mc.checkpoint, mc.backbone) if mc.checkpoint else None
+    if start and (Path(start) / ckpt.FACTS).is_file():
+        d.facts = str(Path(start) / ckpt.FACTS)
+        return f"the start checkpoint's default facts, for every image ({d.facts})"
+    if mc.facts_mode == "hard" or (stage == "edpo" and not start):  # E-DPO without a start: build_model says so
+        return "none"
+    return None
+
+
+def _no_training_data(stage: str) -> str:
+    kind = "QA groups (`sage prefs build`)" if stage == "sfe" else "preference pairs (`sage score mle`)"
+    return f"no training data: set data.train (or --train) to a JSON Lines file of {kind}"
+
+
 def load_examples(stage: str, recipe) -> tuple[list, list]:
     """The training and validation examples of the stage (SFE: QA groups; E-DPO: preference pairs)."""
     d = recipe.data
     if not d.train:
-        kind = "QA groups (`sage prefs build`)" if stage == "sfe" else "preference pairs (`sage score mle`)"
-        raise SageError(f"no training data: set data.train (or --train) to a JSON Lines file of {kind}")
+        raise SageError(_no_training_data(stage))
     if recipe.train.verdict_weight <= 0:
         raise SageError(f"train.verdict_weight must be > 0, got {recipe.train.verdict_weight}")
     facts = ex.FactsIndex(d.facts)
@@ -60,6 +97,8 @@ class Plan:
 
 def make_plan(stage: str, n: int, n_val: int, recipe, world: int) -> Plan:
     tc = recipe.train
+    if n == 0:  # a dry run without data: the plan has the model's side only
+        return Plan(stage, 0, n_val, world, tc.batch_size, tc.grad_accum, 0, 0, seed=tc.seed)
     micro = math.ceil(n / (tc.batch_size * world))  # micro-batches per process and epoch
     if micro < tc.grad_accum:  # no whole optimizer step in an epoch: the run would never end
         raise SageError(f"{n} training examples make {micro} micro-batch(es) of {tc.batch_size} per process and epoch, "

@@ -165,9 +165,18 @@ def write_rank_record(run_dir: Path, rank: int, seen: list[str], weights: dict) 
 
 def save_checkpoint(run_dir: Path, model, recipe, stage: str, steps: int, lora: dict | None,
                     trained: dict | None = None) -> Path:
-    """checkpoint/: the final sage checkpoint; `trained` is the trained weights already gathered (`whole`)."""
+    """checkpoint/: the final sage checkpoint; `trained` is the trained weights already gathered (`whole`).
+    A run trained on one list of facts for every image leaves it as the checkpoint's facts.txt: the model has
+    only seen prompts with facts, and `sage infer` or a next stage without --facts then uses these."""
     extra = {"stage": stage, "start": recipe.model.checkpoint, "steps": steps}
-    return ckpt.save(model, run_dir / "checkpoint", recipe.model.backbone, extra=extra, lora=lora, state=trained)
+    out = ckpt.save(model, run_dir / "checkpoint", recipe.model.backbone, extra=extra, lora=lora, state=trained)
+    if recipe.model.facts_mode != "none" and recipe.data.facts:
+        from sage_cli.facts.store import FactsFile
+
+        same = FactsFile(recipe.data.facts).same  # None: a facts JSON Lines file, facts per image
+        if same:
+            write_text(out / ckpt.FACTS, "".join(f"{line}\n" for line in same))
+    return out
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -2,16 +2,21 @@
 (FSDP2) or DeepSpeed ZeRO-1/2 under `accelerate launch` (how each shares a step: distributed.py).
 
     run = Run(stage, recipe, run_dir)   # data, topology, plan, model, feature cache
-    summary = run.run(resume=False)     # objective (+ E-DPO's reference), train, evaluate, save
+    summary = run.run(resume=False)     # feature cache, objective (+ E-DPO's reference), train, save
 
 The stage decides the data (setup.py) and the objective (objective.py: `objective(batch) -> (loss,
 stats)`); the loop is the same for both. Data order is a seeded permutation per epoch, split into
 global batches; process r takes the r-th slice of each, so ranks see different examples and a resumed
 run replays the same order. The run folder's files are listed in state.py.
+
+Logging is the loop's: each logged step goes to metrics.jsonl, to the trackers of `train.report_to`
+(trackers.py) and to the caller's `progress`; validation (every `train.eval_every` steps and at the end)
+joins its step's record as val/*; plots/curves.png is redrawn from metrics.jsonl at each save and at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -25,7 +30,7 @@ from sage_cli.errors import SageError
 from sage_cli.seeding import seeded
 from sage_cli.models.cache import cache_root as default_cache_root
 from sage_cli.models.checkpoint import trained_state
-from sage_cli.train import distributed
+from sage_cli.train import curves, distributed, trackers
 from sage_cli.train.distributed import mean_over_processes, scalar, whole
 from sage_cli.train.features import FeatureCache
 from sage_cli.train.objective import Batch, EDPOObjective, SFEObjective
@@ -35,16 +40,27 @@ from sage_cli.train.state import (latest_state, load_reference, load_state, save
                                   save_state, write_rank_record, write_summary)
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
+def _no_bar(label: str, total: int):
+    return contextlib.nullcontext(lambda n: None)
+
+
 class Run:
     """One training run of either stage; `run()` trains, `plan` says what it would do."""
 
     def __init__(self, stage: str, recipe, run_dir: Path, ref_mode: str = "cached", feature_cache: bool = True,
-                 cache_root: Path | None = None, limit: int | None = None):
+                 cache_root: Path | None = None, limit: int | None = None, plan_only: bool = False):
         if stage not in ("sfe", "edpo"):
             raise ValueError(stage)
         self.stage, self.recipe, self.run_dir = stage, recipe, Path(run_dir)
         self.ref_mode = ref_mode  # E-DPO: "cached" (computed once) or "model" (a frozen copy run every step)
-        self.train_set, self.val_set = load_examples(stage, recipe)
+        trackers.check(recipe.train.report_to)
+        # plan_only without data (a dry run): the model's side of the plan, no examples
+        no_data = plan_only and not recipe.data.train
+        self.train_set, self.val_set = ([], []) if no_data else load_examples(stage, recipe)
         if limit:
             self.train_set = self.train_set[:limit]  # benchmarks time a slice of the data
         self.topology = distributed.from_environment(recipe)
@@ -57,6 +73,8 @@ class Run:
         # E-DPO: (example indices, batch) -> [B, 2] reference log-probs of the batch's pairs
         self.train_reference = self.val_reference = None
         self.seen: list[str] = []  # example keys this process trained on, in order
+        self.log, self.phase = _quiet, _no_bar  # run() takes the caller's
+        self.notes: set[str] = set()  # what the run has said about its plots
 
     # -- batches and the objective
 
@@ -117,26 +135,54 @@ class Run:
         self.model.eval()
         out = torch.full((len(data), 2), float("nan"))  # [N, 2]
         bs = self.recipe.train.batch_size
-        for start in range(0, len(indices), bs):
-            idx = indices[start:start + bs]
-            with self.accelerator.autocast():
-                c, r = objective.pair_logps(self._batch(idx, data))  # [B], [B]
-            out[idx, 0], out[idx, 1] = c.float().cpu(), r.float().cpu()
+        with self.phase(f"E-DPO reference log-probs ({name.partition('-')[0]})", len(indices)) as advance:
+            for start in range(0, len(indices), bs):
+                idx = indices[start:start + bs]
+                with self.accelerator.autocast():
+                    c, r = objective.pair_logps(self._batch(idx, data))  # [B], [B]
+                out[idx, 0], out[idx, 1] = c.float().cpu(), r.float().cpu()
+                advance(len(idx))
         self.model.train(was)
         save_reference(path, out, digest)
         return out
 
     # -- training
 
-    def run(self, resume: bool = False, progress=None, log=None) -> dict:
+    def run(self, resume: bool = False, progress=None, log=None, phase=None) -> dict:
         """Train to the end of the plan; returns the final summary. `progress(step, metrics)` is called
-        after each optimizer step on the main process; `log(line)` says what the run does."""
+        after each optimizer step on the main process; `log(line)` says what the run does;
+        `phase(label, total)` is a context giving `advance(n)` for the passes before training (a bar)."""
+        self.log, self.phase = log or _quiet, phase or _no_bar
         with seeded(self.recipe.train.seed):  # the run's own random stream; the caller's is given back after
+            self.fill_features()
             objective = self._objective()
             module = self.topology.prepare(objective, self.model, self.plan, log)
             start = self._resume(log) if resume else START
-            trained = self.train(module, start, progress)
-            return self._finish(objective, trained)
+            tracking = self.accelerator.is_main_process and trackers.start(self.accelerator, self.recipe,
+                                                                            self.run_dir, self.stage)
+            try:
+                trained = self.train(module, start, progress, objective, tracking)
+                return self._finish(objective, trained)
+            finally:
+                if tracking:
+                    trackers.finish(self.accelerator)
+
+    @torch.no_grad()
+    def fill_features(self) -> None:
+        """Encode every image this process will read (its planned examples, validation) into the feature
+        cache up front, with a bar: the one pass of the frozen encoder is visible, not hidden in epoch 1."""
+        if not self.features.enabled:
+            return
+        exs = [self.train_set[i] for i in planned_indices(self.plan, self.accelerator.process_index)] + self.val_set
+        paths = list(dict.fromkeys(p for e in exs for p in (e.test, e.reference) if p is not None))
+        vision = self.model.backbone.parts()["vision"]
+        was, bs = vision.training, self.recipe.train.batch_size
+        vision.eval()  # as in every other pass: no dropout, no draw from the run's random stream
+        with self.phase("feature cache", len(paths)) as advance:
+            for start in range(0, len(paths), bs):
+                self.features.get(paths[start:start + bs])
+                advance(len(paths[start:start + bs]))
+        vision.train(was)
 
     def _resume(self, log=None) -> dict:
         """The position to go on from: the latest complete state of the run folder, loaded; else the start."""
@@ -148,11 +194,11 @@ class Run:
             log(f"resumed from {found} (step {position['step']})")
         return position
 
-    def train(self, module, start: dict, progress=None) -> dict:
-        """The optimizer steps from `start` to the end of the plan: log, report, save resumable states."""
+    def train(self, module, start: dict, progress=None, objective=None, tracking: bool = False) -> dict:
+        """The optimizer steps from `start` to the end of the plan: log, validate, report, save resumable
+        states. Validation (of `objective`) runs every train.eval_every steps and after the last one."""
         acc, tc, plan = self.accelerator, self.recipe.train, self.plan
-        metrics = self.run_dir / "metrics.jsonl"
-        last, epochs_seen, samples = start["step"], start["epoch"], 0
+        last, epochs_seen, samples, val = start["step"], start["epoch"], 0, None
         self.seen = []
         t_start = time.perf_counter()
         self.model.train()
@@ -165,17 +211,33 @@ class Run:
             rec = {"step": step.number, "epoch": step.epoch, **logs, "lr": self.topology.scheduler.get_last_lr()[0],
                    "grad_norm": scalar(grad_norm) if grad_norm is not None else None,
                    "samples_per_s": plan.global_batch / dt, "step_s": dt}
+            final = step.number == plan.total_steps
+            if self.val_set and objective is not None and (final or tc.eval_every and step.number % tc.eval_every == 0):
+                t_val = time.perf_counter()
+                val = self.evaluate(objective)  # every process: FSDP gathers in the forward
+                rec.update({f"val/{k}": v for k, v in val.items()})
+                t_start += time.perf_counter() - t_val  # train_s and samples/s count training only
             if acc.is_main_process:
-                if step.number % max(1, tc.log_every) == 0 or step.number in (1, plan.total_steps):
-                    jsonl.append(metrics, [rec])
-                if progress:
-                    progress(step.number, rec)
-            if tc.save_every and step.number % tc.save_every == 0 and step.number < plan.total_steps:
+                self._report(rec, final, progress, tracking)
+            if tc.save_every and step.number % tc.save_every == 0 and not final:
                 save_state(self.topology, self.run_dir, self.model, step.after)
+                self.draw_curves()
             last, epochs_seen = step.number, step.epoch + 1
         elapsed = time.perf_counter() - t_start
-        return {"steps": last, "epochs_seen": epochs_seen, "train_s": elapsed,
-                "samples_per_s": samples / elapsed if elapsed > 0 else 0.0}
+        out = {"steps": last, "epochs_seen": epochs_seen, "train_s": elapsed,
+               "samples_per_s": samples / elapsed if elapsed > 0 else 0.0}
+        return {**out, "val": val} if val is not None else out  # the last step's validation, if any ran
+
+    def _report(self, rec: dict, final: bool, progress, tracking: bool) -> None:
+        """One step's record to metrics.jsonl and the trackers (every train.log_every steps, the first and
+        last, and any with validation), and to the caller's `progress` (every step)."""
+        every = max(1, self.recipe.train.log_every)
+        if rec["step"] % every == 0 or rec["step"] == 1 or final or "val/loss" in rec:
+            jsonl.append(self.run_dir / "metrics.jsonl", [rec])
+            if tracking:
+                self.accelerator.log(trackers.numbers(rec), step=rec["step"])
+        if progress:
+            progress(rec["step"], rec)
 
     def _train_step(self, module, micro_batches: list[list[int]]) -> tuple[dict, torch.Tensor | None]:
         """One optimizer step: the loss and stats of each micro-batch, backward, update. Returns the stats
@@ -218,7 +280,7 @@ class Run:
         acc = self.accelerator
         summary = {"stage": self.stage, **trained,
                    "feature_cache": {"hits": self.features.hits, "misses": self.features.misses}}
-        if self.val_set:
+        if self.val_set and "val" not in summary:  # validated after the last step unless it ran before a resume
             summary["val"] = self.evaluate(objective)
         write_rank_record(self.run_dir, acc.process_index, self.seen, self.topology.rank_record(self.model))
         acc.wait_for_everyone()
@@ -227,5 +289,13 @@ class Run:
             summary["checkpoint"] = str(save_checkpoint(self.run_dir, self.model, self.recipe, self.stage,
                                                         self.plan.total_steps, self.lora, weights))
             write_summary(self.run_dir, summary)
+        self.draw_curves()
         acc.wait_for_everyone()
         return summary
+
+    def draw_curves(self) -> None:
+        """plots/curves.png (main process); what stopped it is said once a run, and never stops the run."""
+        note = curves.redraw(self.run_dir) if self.accelerator.is_main_process else None
+        if note and note not in self.notes:
+            self.notes.add(note)
+            self.log(note)
