@@ -277,3 +277,10 @@ def test_sage_smol_on_the_real_hazelnut_photos(hazelnut_root, tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["backbone_loaded"] == "sage-smol" and 0 <= res["metrics"]["sbert"] <= 1
     assert (out / "plots" / "examples.png").stat().st_size > 10000  # real photos with their anomaly maps
+
+
+def test_help_prints_defaults_whole(capsys, monkeypatch):
+    """Words in angle brackets were eaten by the help's markup: the --out default reads whole."""
+    monkeypatch.setenv("COLUMNS", "250")
+    assert run(["bench", "manta", "--help"]) == 0
+    assert "runs/bench/FORMAT-MODEL-Nshot" in capsys.readouterr().out

@@ -108,7 +108,16 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sage_smol_exports_and_loads_back(tmp_path, capsys):
+    """The shipped model: the export answers as the checkpoint does, and PEFT loads its LoRA on SmolLM2."""
+    from peft import PeftModel
+
     out = tmp_path / "smol"
     assert run(["models", "export", "sage-smol", "--out", str(out)]) == 0, capsys.readouterr().err
     assert (out / "facts.txt").is_file()
     assert _answer(out, tmp_path)[0] == _answer(checkpoint.shipped_dir(), tmp_path)[0]
+    base = Engine.load("sage-smol", None, dtype="float32", device="cpu").model.backbone.language_model
+    peft_llm = PeftModel.from_pretrained(base, str(out)).eval()
+    ours = Engine.load(None, str(checkpoint.shipped_dir()), dtype="float32", device="cpu").model.backbone.language_model
+    ids = torch.tensor([[1, 504, 3213, 314, 253, 3464, 30]])
+    with torch.no_grad():
+        assert torch.allclose(peft_llm(input_ids=ids).logits, ours.eval()(input_ids=ids).logits, atol=1e-4)
