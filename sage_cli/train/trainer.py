@@ -27,9 +27,9 @@ import torch
 
 from sage_cli import jsonl
 from sage_cli.errors import SageError
-from sage_cli.seeding import seeded
 from sage_cli.models.cache import cache_root as default_cache_root
 from sage_cli.models.checkpoint import trained_state
+from sage_cli.seeding import seeded
 from sage_cli.train import curves, distributed, trackers
 from sage_cli.train.distributed import mean_over_processes, scalar, whole
 from sage_cli.train.features import FeatureCache
