@@ -102,3 +102,36 @@ def noise_images(n: int, seed: int, size=(56, 56)) -> list:
 def noise_image(seed: int, size=(56, 56)):
     """One seeded RGB noise image (PIL) of `size` (w, h)."""
     return noise_images(1, seed, size)[0]
+
+
+def save_tiny_qwen2_vl(path, version: str = "2", image_processor: bool = False):
+    """A 2-layer random Qwen2-VL (version "2") or Qwen2.5-VL ("2.5") saved with save_pretrained; returns `path`.
+
+    head_dim 16 -> M-RoPE sections [2, 3, 3]. Qwen2.5-VL gets a window of 2x2 merged tokens and one
+    full-attention block, so its window-attention reordering is exercised on grids above 56 pixels.
+    """
+    import torch
+    import transformers
+
+    tok = _tok()
+    text = _text(transformers.Qwen2Config, tok)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    vision = {"depth": 2, "num_heads": 2, "hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
+              "temporal_patch_size": 2}
+    image_token = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    if version == "2":
+        cfg = transformers.Qwen2VLConfig(vision_config={**vision, "embed_dim": 32, "mlp_ratio": 2},
+                                         text_config=text, image_token_id=image_token)
+        cls = transformers.Qwen2VLForConditionalGeneration
+    else:
+        cfg = transformers.Qwen2_5_VLConfig(
+            vision_config={**vision, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64,
+                           "window_size": 56, "fullatt_block_indexes": [1]},
+            text_config=text, image_token_id=image_token)
+        cls = transformers.Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    if image_processor:
+        transformers.Qwen2VLImageProcessor().save_pretrained(path)
+    return path

@@ -141,3 +141,10 @@ class ComposedBackbone(Backbone):
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         return self.adapter(features.to(self.adapter.mlp[1].weight.dtype))  # [B, N, D] -> [B, P, C]
+
+
+def ready_tokenizer(tok):
+    """The tokenizer with a pad token (its EOS when it has none): SageModel pads fact sentences and batches."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

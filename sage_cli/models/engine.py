@@ -25,7 +25,7 @@ from sage_cli.errors import SageError
 from sage_cli.seeding import seeded
 from sage_cli.models import decoding
 from sage_cli.models.comparison import anomaly_map, least_similar
-from sage_cli.models.sage import Encoding, SageModel
+from sage_cli.models.sage import Encoding, SageModel, with_positions
 
 YES_WORDS = ("Yes", "yes", "YES", "True", "true")
 NO_WORDS = ("No", "no", "NO", "False", "false")
@@ -42,6 +42,7 @@ class Prefix:
     prefix_tokens: int
     encode_s: float
     prefill_s: float  # prefix-only prefill (0 when it was prefilled with the first question)
+    positions: torch.Tensor | None = None  # [3, P] M-RoPE positions of the prefix; None: they count tokens
 
     @property
     def has_reference(self) -> bool:
@@ -50,6 +51,14 @@ class Prefix:
     def embeds(self) -> torch.Tensor:
         """The prompt before the question [P, C]."""
         return torch.cat(self.pieces[: self.at])
+
+    def rope(self, extra: int = 0) -> torch.Tensor | None:
+        """M-RoPE positions [3, 1, P + extra] of the prefix and `extra` text tokens after it; None unless M-RoPE."""
+        if self.positions is None:
+            return None
+        nxt = int(self.positions.max()) + 1 if self.positions.numel() else 0
+        rest = (torch.arange(extra, device=self.positions.device) + nxt).expand(3, extra)
+        return torch.cat([self.positions, rest], dim=1)[:, None]
 
 
 @dataclass
@@ -146,18 +155,19 @@ class Engine:
         test_px = bb.preprocess([test])  # [1, 3, H, W]
         ref_px = bb.preprocess([reference]) if reference is not None else None
         enc = self.model.encode(test_px, ref_px, [facts])
-        pieces, at = self.model.prompt_pieces(enc, 0, "")
+        pieces, at, images = self.model.prompt_layout(enc, 0, "")
         n = sum(p.shape[0] for p in pieces[:at])
+        positions = self.model.rope_positions(pieces[:at], images[:at])
         # No prefill yet: the first question is prefilled together with the prefix (one forward, as plain
         # generate does), and the cache is then cut back to the prefix for the questions after it.
-        return Prefix(enc, pieces, at, None, n, encode_s=time.perf_counter() - t0, prefill_s=0.0)
+        return Prefix(enc, pieces, at, None, n, encode_s=time.perf_counter() - t0, prefill_s=0.0, positions=positions)
 
     def _prefill(self, prefix: Prefix) -> None:
         """Give `prefix` its cache by itself (a group or a probe needs it before any question)."""
         if prefix.cache is None:
             t0 = time.perf_counter()
             prefix.cache = self.lm.new_cache()
-            self.lm(prefix.cache, inputs_embeds=prefix.embeds()[None])
+            self.lm(prefix.cache, inputs_embeds=with_positions(prefix.embeds()[None], prefix.rope()))
             prefix.prefill_s += time.perf_counter() - t0
 
     def anomaly(self, prefix: Prefix) -> AnomalyMap | None:
@@ -186,7 +196,8 @@ class Engine:
         rest = self._question_rest(prefix, question)[None]  # [1, T_rest, C]
         first = prefix.cache is None  # first question: prefix + question in one forward
         cache = self.lm.new_cache() if first else copy.deepcopy(prefix.cache)  # the prefix stays untouched
-        embeds = torch.cat([prefix.embeds()[None], rest], dim=1) if first else rest
+        embeds = with_positions(torch.cat([prefix.embeds()[None], rest], dim=1), prefix.rope(rest.shape[1])) \
+            if first else rest  # after the cached prefix, M-RoPE positions continue from the cache's delta
         a = self._answer_one(cache, embeds, question, max_new_tokens, on_text,
                              {"temperature": temperature, "top_p": top_p, "generator": generator,
                               "penalty": self._penalty(repetition_penalty)})
@@ -277,7 +288,9 @@ class Engine:
             self._prefill(prefixes[0])
             return copy.deepcopy(prefixes[0].cache)
         cache = self.lm.new_cache()
-        self.lm(cache, inputs_embeds=torch.stack([p.embeds() for p in prefixes]))  # [b, P, C]
+        rope = [p.rope() for p in prefixes]
+        self.lm(cache, inputs_embeds=with_positions(torch.stack([p.embeds() for p in prefixes]),  # [b, P, C]
+                                                    torch.cat(rope, dim=1) if rope[0] is not None else None))
         return cache
 
     @torch.no_grad()

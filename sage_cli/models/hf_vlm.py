@@ -11,9 +11,8 @@ Each transformers VLM is split into the three parts SAGE trains differently:
   (no copy), so `inputs_embeds` / `labels` / `generate(inputs_embeds=...)` work as for any causal LM.
 
 The VLM's own image-token expansion is not used: SageModel splices the adapted patches into the
-prompt itself. Qwen2-VL is not supported: its decoder needs 3-D M-RoPE position ids derived from
-`input_ids` + `image_grid_thw`; on pure `inputs_embeds` it would silently fall back to 1-D rope,
-which is not the model it was trained as.
+prompt itself. Qwen2-VL and Qwen2.5-VL live in qwen2_vl.py: their decoder needs 3-D M-RoPE positions,
+which that module computes for SAGE's sequence (the other backbones' positions count tokens).
 
 Everything loads offline (`local_files_only=True`); a model missing locally is a SageError.
 """
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from sage_cli.errors import SageError
-from sage_cli.models.backbone import Backbone, resize_normalise
+from sage_cli.models.backbone import Backbone, ready_tokenizer, resize_normalise
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -68,7 +67,7 @@ class HFVLMBackbone(Backbone):
         self.adapter = vlm.model.multi_modal_projector
         self.language_model = causal_lm_view(vlm.model.language_model, vlm.lm_head,
                                              getattr(vlm, "generation_config", None))
-        self.tokenizer = _ready_tokenizer(tokenizer)
+        self.tokenizer = ready_tokenizer(tokenizer)
         self.hidden_size = cfg.text_config.hidden_size
         self.image_processor = image_processor
         self.image_size = _pair(cfg.vision_config.image_size)
@@ -192,12 +191,6 @@ class LlavaBackbone(HFVLMBackbone):
 BACKBONES: dict[str, type[HFVLMBackbone]] = {"internvl": InternVLBackbone, "llava": LlavaBackbone}
 
 
-def _ready_tokenizer(tok):
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # SageModel pads fact sentences and batches
-    return tok
-
-
 def _dtype(dtype):
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -208,13 +201,19 @@ def _dtype(dtype):
         raise SageError(f"unknown dtype {dtype!r} (use float32, float16 or bfloat16)") from None
 
 
-def load_hf_vlm(name_or_path: str, dtype=None) -> Backbone:
-    """Load a local (or already cached) transformers VLM as a SAGE backbone, never touching the network."""
+def load_hf_vlm(name_or_path: str, dtype=None, image_size: int | None = None) -> Backbone:
+    """Load a local (or already cached) transformers VLM as a SAGE backbone, never touching the network.
+
+    `image_size`: the square grid every image is resized to, for the dynamic-resolution Qwen2-VL family
+    (default qwen2_vl.DEFAULT_IMAGE_SIZE); the other backbones read their size from the config.
+    """
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
+    from sage_cli.models import qwen2_vl
+
     name_or_path = str(Path(name_or_path).expanduser()) if isinstance(name_or_path, Path) else str(name_or_path)
-    supported = ", ".join(sorted(BACKBONES))
+    supported = ", ".join(sorted([*BACKBONES, *qwen2_vl.MODEL_TYPES]))
     local = Path(name_or_path).expanduser()
     if (local.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1) \
             and not local.exists():
@@ -224,12 +223,13 @@ def load_hf_vlm(name_or_path: str, dtype=None) -> Backbone:
     except (OSError, ValueError) as e:
         raise SageError(f"VLM {name_or_path!r} is not available locally (offline; download it first): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    cls = BACKBONES.get(cfg.model_type)
+    cls = qwen2_vl.Qwen2VLBackbone if cfg.model_type in qwen2_vl.MODEL_TYPES else BACKBONES.get(cfg.model_type)
     if cls is None:
         raise SageError(f"VLM {name_or_path!r} has model type {cfg.model_type!r}, which SAGE does not support "
                         f"(supported: {supported})")
     model_cls = {"internvl": transformers.InternVLForConditionalGeneration,
-                 "llava": transformers.LlavaForConditionalGeneration}[cfg.model_type]
+                 "llava": transformers.LlavaForConditionalGeneration}.get(cfg.model_type) \
+        or qwen2_vl.model_class(cfg.model_type)
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = _dtype(dtype)
@@ -243,6 +243,8 @@ def load_hf_vlm(name_or_path: str, dtype=None) -> Backbone:
         if not tok.chat_template:
             raise SageError(f"VLM {name_or_path!r} has no chat template (tokenizer or processor)")
     vlm.eval()
+    if cls is qwen2_vl.Qwen2VLBackbone:
+        return cls(vlm, tok, _image_processor(name_or_path), name=cfg.model_type, image_size=image_size)
     return cls(vlm, tok, _image_processor(name_or_path), name=cfg.model_type)
 
 

@@ -35,4 +35,4 @@ def load_backbone(name: str, dtype=None, image_size: int | None = None):
                                 feature_layer=SAGE_SMOL_FEATURE_LAYER)
     from sage_cli.models.hf_vlm import load_hf_vlm
 
-    return load_hf_vlm(name, dtype=dtype)
+    return load_hf_vlm(name, dtype=dtype, image_size=image_size)

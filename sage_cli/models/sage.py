@@ -13,7 +13,8 @@ With `peak_hint` (one-shot, not in the paper) the question's tokens also carry l
 times a learned direction.
 Placeholders in the rendered chat template mark where embeddings are spliced in, so every
 backbone keeps its own template. Position ids run on without repeats (the LLM derives them from
-the attention mask).
+the attention mask); a backbone with `rope_positions` (Qwen2-VL's M-RoPE) gets them computed per piece
+and attached to `inputs_embeds` (`with_positions`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ FACT_PROMPT = "Above is the feature related to the anomaly facts."  # the paper'
 SYSTEM = ("You are an industrial inspection expert. Compare the test image with the normal reference, "
           "answer the question, then explain where the defect is, why it matters and what it breaks.")
 IGNORE = -100  # label of tokens the loss skips
+POSITIONS = "sage_position_ids"  # attribute of an inputs_embeds tensor [B, T, C]: its positions [3, B, T]
+
+
+def with_positions(embeds: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """`embeds` carrying its M-RoPE positions [3, B, T] to the LLM (None: positions count tokens)."""
+    if positions is not None:
+        setattr(embeds, POSITIONS, positions)
+    return embeds
 
 
 @dataclass
@@ -60,6 +69,7 @@ class SageBatch:
     attention_mask: torch.Tensor  # [B, T]
     labels: torch.Tensor | None  # [B, T], IGNORE outside the answers
     comparison: Comparison  # Eq. 1 per sample (s [B, P] is None zero-shot)
+    position_ids: torch.Tensor | None = None  # [3, B, T] M-RoPE positions; None: they count tokens
 
 
 class SageModel(nn.Module):
@@ -154,13 +164,18 @@ class SageModel(nn.Module):
         Everything before the question depends only on the images and facts, so generation can prefill
         it once and reuse it for every question of a group.
         """
+        pieces, at, _ = self.prompt_layout(enc, i, question)
+        return pieces, at
+
+    def prompt_layout(self, enc: Encoding, i: int, question: str) -> tuple[list[torch.Tensor], int, list[bool]]:
+        """`prompt_pieces` and which pieces are images (M-RoPE gives them 2-D positions)."""
         text = self.prompt(QUESTION, enc.v_r is not None, enc.facts[i])
         slots = {TEST: enc.v_t[i]}
         if enc.v_r is not None:
             slots[REF] = enc.v_r[i]
         if enc.fact_tokens is not None:
             slots[FACTS] = enc.fact_tokens[i]
-        pieces, at = [], -1
+        pieces, images, at = [], [], -1
         for part in _SLOTS.split(text):
             if part in slots:
                 pieces.append(slots[part])
@@ -169,7 +184,17 @@ class SageModel(nn.Module):
                 pieces.append(self.question_piece(enc, i, question))
             elif part:
                 pieces.append(self.embed_text(part))
-        return [p.to(enc.v_t.dtype) for p in pieces], at
+            else:
+                continue
+            images.append(part in slots and part in (TEST, REF))
+        return [p.to(enc.v_t.dtype) for p in pieces], at, images
+
+    def rope_positions(self, pieces: list[torch.Tensor], images: list[bool], start: int = 0) -> torch.Tensor | None:
+        """M-RoPE positions [3, T] of pieces from `start`, or None for a backbone whose positions count tokens."""
+        fn = getattr(self.backbone, "rope_positions", None)
+        if fn is None:
+            return None
+        return fn([p.shape[0] for p in pieces], images, start, device=self.device)[0]
 
     def question_piece(self, enc: Encoding, i: int, question: str) -> torch.Tensor:
         """Sample i's question as [T, C] embeddings; with peak_hint (one-shot) plus the anomaly-map hint."""
@@ -199,25 +224,29 @@ class SageModel(nn.Module):
                  padding_side: str = "right") -> SageBatch:
         """Sample i of `enc` with questions[i] (and answers[i]) -> the padded batch the LLM sees."""
         tok = self.backbone.tokenizer
-        seqs, labs = [], []
+        seqs, labs, poss = [], [], []
         for i, question in enumerate(questions):
-            pieces, _ = self.prompt_pieces(enc, i, question)
+            pieces, _, images = self.prompt_layout(enc, i, question)
             labels = [torch.full((p.shape[0],), IGNORE, dtype=torch.long, device=self.device) for p in pieces]
             if answers is not None:
                 ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,
                           return_tensors="pt")["input_ids"][0].to(self.device)
                 pieces.append(self.backbone.embed_tokens(ids).to(enc.v_t.dtype))
                 labels.append(ids)
+                images.append(False)
             seqs.append(torch.cat(pieces))  # [T_i, C]
             labs.append(torch.cat(labels))
-        return _pad(seqs, labs if answers is not None else None, padding_side, enc.comparison)
+            poss.append(self.rope_positions(pieces, images))
+        return _pad(seqs, labs if answers is not None else None, padding_side, enc.comparison,
+                    poss if poss and poss[0] is not None else None)
 
     # ---- training and inference -----------------------------------------------------------
 
     def forward(self, batch: SageBatch):
         """The LLM on a built batch; returns the HF output (loss = CE on answer tokens, Eq. 8)."""
+        extra = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
         return self.backbone.language_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                            labels=batch.labels)
+                                            labels=batch.labels, **extra)
 
     def generate(self, batch: SageBatch, max_new_tokens: int = 128, **sampling) -> list[str]:
         """Answers to a built, left-padded batch, through the Engine's token loop (decoding.py).
@@ -230,17 +259,22 @@ class SageModel(nn.Module):
         return generate_padded(self.backbone, batch.inputs_embeds, batch.attention_mask, max_new_tokens, **sampling)
 
 
-def _pad(seqs: list[torch.Tensor], labs: list[torch.Tensor] | None, side: str, cmp: Comparison) -> SageBatch:
-    """Stack variable-length sequences [T_i, C] into [B, T, C] with a mask (and labels)."""
+def _pad(seqs: list[torch.Tensor], labs: list[torch.Tensor] | None, side: str, cmp: Comparison,
+         poss: list[torch.Tensor] | None = None) -> SageBatch:
+    """Stack variable-length sequences [T_i, C] into [B, T, C] with a mask (and labels, M-RoPE positions
+    [3, T_i] -> [3, B, T], 0 on padding)."""
     t = max(s.shape[0] for s in seqs)
     b, c = len(seqs), seqs[0].shape[1]
     embeds = seqs[0].new_zeros(b, t, c)
     mask = torch.zeros(b, t, dtype=torch.long, device=seqs[0].device)
     labels = torch.full((b, t), IGNORE, dtype=torch.long, device=seqs[0].device) if labs is not None else None
+    pos = torch.zeros(3, b, t, dtype=torch.long, device=seqs[0].device) if poss is not None else None
     for i, s in enumerate(seqs):
         n = s.shape[0]
         span = slice(t - n, t) if side == "left" else slice(0, n)
         embeds[i, span], mask[i, span] = s, 1
         if labels is not None:
             labels[i, span] = labs[i]
-    return SageBatch(embeds, mask, labels, cmp)
+        if pos is not None:
+            pos[:, i, span] = poss[i]
+    return SageBatch(with_positions(embeds, pos), mask, labels, cmp, pos)

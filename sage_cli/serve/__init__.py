@@ -1,4 +1,4 @@
-"""`sage serve`: an OpenAI-compatible chat server over a SAGE model (standard library HTTP).
+"""`sage serve`: an OpenAI-compatible chat server over a SAGE model (FastAPI under uvicorn).
 
 Request conventions (POST /v1/chat/completions):
 
@@ -15,6 +15,8 @@ Request conventions (POST /v1/chat/completions):
   `"sage": {"p_yes": ..., "anomaly": {"peak", "max", "mean", "grid", "selected"} | null}` (the anomaly
   map needs a reference). `temperature` defaults to 0 (greedy), not OpenAI's 1.
 
-Modules: `protocol` (request validation, response shapes, errors), `images` (decoding with size
-guards), `generate` (the engine, behind one lock), `server` (HTTP).
+Modules: `protocol` (request validation, response shapes, errors), `schemas` (pydantic models of the
+bodies, for /docs), `images` (decoding with size guards), `generate` (a request on the engine),
+`worker` (the one model worker and its bounded queue), `metrics` (/metrics), `app` (the ASGI app),
+`server` (uvicorn on a bound socket: make_server).
 """

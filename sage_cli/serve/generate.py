@@ -54,9 +54,10 @@ class Runner:
         q_tokens = len(eng.model.backbone.tokenizer(question, add_special_tokens=False)["input_ids"])
         prompt = sum(p.shape[0] for i, p in enumerate(prefix.pieces) if i != prefix.at) + q_tokens
         budget = self._budget(prompt, req.max_tokens)
+        sampling = self._sampling(req)  # before the first byte of a stream: a bad seed is still a 400
 
         def decode(on_text):
-            a = eng.answer(prefix, question, max_new_tokens=budget, on_text=on_text, **self._sampling(req))
+            a = eng.answer(prefix, question, max_new_tokens=budget, on_text=on_text, **sampling)
             amap = eng.anomaly(prefix)
             return self._result(a, budget, {"p_yes": a.p_yes, "anomaly": amap.summary() if amap is not None else None})
 
@@ -71,9 +72,10 @@ class Runner:
             raise ApiError(400, f"the model's chat template refused these messages ({_one_line(e)})",
                            "messages", "invalid_value") from None
         budget = self._budget(len(tok(text, add_special_tokens=False)["input_ids"]), req.max_tokens)
+        sampling = self._sampling(req)
 
         def decode(on_text):
-            a = eng.chat(req.messages, max_new_tokens=budget, on_text=on_text, **self._sampling(req))
+            a = eng.chat(req.messages, max_new_tokens=budget, on_text=on_text, **sampling)
             return self._result(a, budget, None)
 
         return decode
@@ -95,7 +97,10 @@ class Runner:
     def _sampling(req: ChatRequest) -> dict:
         import torch
 
-        gen = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
+        try:
+            gen = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
+        except (ValueError, RuntimeError, OverflowError):
+            raise ApiError(400, "seed is out of range", "seed", "invalid_value") from None
         return {"temperature": req.temperature, "top_p": req.top_p, "generator": gen}
 
     @staticmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 MB = 1024 * 1024
 MAX_IMAGES = 2  # test, then reference
 MAX_FACTS = 64  # the model reads its first num_facts; more is surely a client bug
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -31,9 +32,11 @@ class Limits:
 class ApiError(Exception):
     """An HTTP error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = dict(headers or {})  # extra response headers (Retry-After, WWW-Authenticate)
 
     @property
     def type(self) -> str:
@@ -67,7 +70,9 @@ def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON ({_clip(str(e))})", code="invalid_json") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested 100,000 deep
+        raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return data
@@ -90,8 +95,8 @@ def parse_chat(data: dict, limits: Limits, llm_only: bool = False) -> ChatReques
     if top_p <= 0:
         raise _bad("top_p must be above 0", "top_p")
     seed = data.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _bad("seed must be an integer", "seed")
+    if seed is not None and (not _is_int(seed) or not SEED_MIN <= seed <= SEED_MAX):
+        raise _bad(f"seed must be an integer from {SEED_MIN} to {SEED_MAX}", "seed")
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("stream must be true or false", "stream")
@@ -233,6 +238,10 @@ def _bad(message: str, param: str | None = None, code: str | None = "invalid_val
 
 def _too_big(message: str, param: str | None = None) -> ApiError:
     return ApiError(413, message, param, "request_too_large")
+
+
+def _clip(s: str, limit: int = 200) -> str:
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _mb(n: int) -> str:

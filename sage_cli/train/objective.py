@@ -32,7 +32,8 @@ def _encode(model, batch: Batch):
 def _answer_logps(model, built, first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The LLM's decoder on a built batch, then log-probs of the answer tokens only: sums [B], counts [B]."""
     lm = model.backbone.language_model
-    hidden = lm.model(inputs_embeds=built.inputs_embeds, attention_mask=built.attention_mask).last_hidden_state
+    extra = {"position_ids": built.position_ids} if built.position_ids is not None else {}  # M-RoPE (Qwen2-VL)
+    hidden = lm.model(inputs_embeds=built.inputs_embeds, attention_mask=built.attention_mask, **extra).last_hidden_state
     return sequence_logps(hidden, lm.lm_head, built.labels, first_weight)  # hidden: [B, T, C]
 
 
