@@ -17,9 +17,10 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -32,7 +33,14 @@ from sage_cli.serve.protocol import ApiError
 from sage_cli.serve.worker import Job, Worker
 
 BODY_TIMEOUT_S = 120.0  # the most a client may take to upload its body
-OPEN_PATHS = ("/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json")  # no key needed
+# no key needed ("/" is the page; it asks for the key itself and sends it to /v1 only)
+OPEN_PATHS = ("/", "/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+PAGE = Path(__file__).with_name("page.html")  # the web page at "/": one file, inline JS and CSS
+# The page may talk to this server only, run its own inline script and show the images it was given.
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                           "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+                                           "form-action 'none'; frame-ancestors 'none'"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -92,6 +100,11 @@ def build_app(state: ServeState):
         return _error_response(state, _internal())
 
     err = {"model": schemas.ErrorResponse}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        """The web page: pick a test (and reference) image, ask, watch the answer stream in."""
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
     @app.get("/health", tags=["probes"])
     async def health():

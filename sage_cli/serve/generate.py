@@ -59,7 +59,9 @@ class Runner:
         def decode(on_text):
             a = eng.answer(prefix, question, max_new_tokens=budget, on_text=on_text, **sampling)
             amap = eng.anomaly(prefix)
-            return self._result(a, budget, {"p_yes": a.p_yes, "anomaly": amap.summary() if amap is not None else None})
+            # the map itself too ([h][w], 3 decimals: a few hundred numbers), so a client can draw the heatmap
+            anomaly = {**amap.summary(), "map": amap.rounded(3)} if amap is not None else None
+            return self._result(a, budget, {"p_yes": a.p_yes, "anomaly": anomaly})
 
         return decode
 
