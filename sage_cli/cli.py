@@ -73,6 +73,7 @@ speed_app = _group("speed", bench_speed.HELP, parent=bench_app)
 speed_app.command("infer")(bench_speed.infer)
 speed_app.command("train")(bench_speed.train)
 speed_app.command("group")(bench_speed.group)
+speed_app.command("serve")(bench_speed.serve)
 
 
 def run(argv: list[str] | None = None) -> int:

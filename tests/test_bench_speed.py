@@ -52,3 +52,23 @@ def test_bench_speed_bad_input_is_one_line(tmp_path, capsys):
         assert run(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and match in err and err.count("\n") == 1
+
+
+def test_bench_speed_serve_command(tmp_path, capsys):
+    """Concurrent clients against one server on loopback and the same requests one at a time, in one run."""
+    vlm = save_tiny_internvl(tmp_path / "vlm")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _img(1).save(a)
+    _img(2).save(b)
+    load_hf_vlm(str(vlm))
+    capsys.readouterr()
+    assert run(["bench", "speed", "serve", "--backbone", str(vlm), "--test", str(a), "--reference", str(b),
+                "--clients", "1,3", "--max-tokens", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["one_at_a_time"]["requests"] == 3 and res["one_at_a_time"]["errors"] == 0
+    assert [lv["clients"] for lv in res["levels"]] == [1, 3]
+    three = res["levels"][1]
+    assert three["errors"] == 0 and three["same_answers"] == 3 and three["ratio_vs_one_at_a_time"] > 0
+    assert three["p50_s"] <= three["p95_s"] and res["peak_rss_mb"] > 0
+    assert run(["bench", "speed", "serve", "--clients", "0"]) == 1
+    assert "--clients needs" in capsys.readouterr().err

@@ -232,3 +232,54 @@ def group(
     Console(stderr=True).print(f"same answers on both sides: {res['same_answers']} of {res['questions']}")
     if out is not None:
         typer.echo(f"figures: {out}")
+
+
+def serve(
+    test: Optional[Path] = TEST,
+    reference: Optional[Path] = REFERENCE,
+    backbone: Backbone = None,
+    checkpoint: Checkpoint = None,
+    clients: str = typer.Option("1,8,32", "--clients", help="Concurrency levels, comma-separated."),
+    max_tokens: int = typer.Option(16, "--max-tokens", min=1, help="Completion tokens per request."),
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    out: Optional[Path] = OUT,
+    as_json: bool = AS_JSON,
+) -> None:
+    """N concurrent clients against one `sage serve` on loopback, each with its own image pair, against the
+    same requests one at a time on the same server in the same run: requests/s and the ratio, p50/p95
+    latency and time to first token, errors, answers identical to one-at-a-time, peak RSS."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sage_cli.bench.serve_speed import serve_speed
+    from sage_cli.errors import SageError
+
+    try:
+        levels = sorted({int(c) for c in clients.split(",") if c.strip()})
+    except ValueError:
+        raise SageError(f"--clients takes whole numbers separated by commas, not {clients!r}") from None
+    if not levels or levels[0] < 1:
+        raise SageError(f"--clients needs at least one level of 1 or more clients, not {clients!r}")
+    engine, test_img, ref_img, _ = _setup(test, reference, False, backbone, checkpoint, device, dtype, 0)
+    err = Console(stderr=True)
+    res = serve_speed(engine, test_img, ref_img, levels, max_tokens, log=lambda m: err.print(f"[dim]{m}[/dim]"))
+    if _emit(res, out, as_json):
+        return
+    t = Table(title=f"sage bench speed serve · {res['backbone']} · max_tokens {max_tokens} · peak RSS "
+                    f"{res['peak_rss_mb']:.0f} MB")
+    for c in ("clients", "requests", "errors", "req/s", "× one at a time", "p50 s", "p95 s", "TTFT p50 s",
+              "same answers"):
+        t.add_column(c, justify="right")
+
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    a = res["one_at_a_time"]
+    t.add_row("1 (one at a time)", str(a["requests"]), str(a["errors"]), f(a["requests_per_s"]), "1.00",
+              f(a["p50_s"]), f(a["p95_s"]), f(a["ttft_p50_s"]), "-")
+    for lv in res["levels"]:
+        t.add_row(str(lv["clients"]), str(lv["requests"]), str(lv["errors"]), f(lv["requests_per_s"]),
+                  f(lv["ratio_vs_one_at_a_time"]), f(lv["p50_s"]), f(lv["p95_s"]), f(lv["ttft_p50_s"]),
+                  f"{lv['same_answers']}/{lv['requests']}")
+    Console().print(t)
