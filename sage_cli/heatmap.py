@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # suffix -> what `save` writes
+
+
+def check_suffix(path: str | Path) -> str:
+    """The format a heatmap path's suffix picks; SageError (one line) for any other suffix."""
+    from sage_cli.errors import SageError
+
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise SageError(f"{path}: the heatmap must be .png, .jpg or .webp")
+    return fmt
+
+
 # Anchors of a dark-to-bright colour ramp (black, purple, red, orange, pale yellow): low = normal.
 _RAMP = ((0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)), (0.75, (249, 142, 9)),
          (1.0, (252, 255, 164)))
@@ -57,9 +70,7 @@ def save(image, path: str | Path) -> Path:
     from sage_cli.errors import SageError
 
     path = Path(path)
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
-    if fmt is None:
-        raise SageError(f"{path}: the heatmap must be .png, .jpg or .webp")
+    fmt = check_suffix(path)
     try:
         with replacing(path) as tmp:
             image.save(tmp, format=fmt)

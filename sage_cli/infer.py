@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sage_cli.defaults import DEFAULT_QUESTION
 from sage_cli.errors import SageError
+from sage_cli.heatmap import check_suffix
 
-HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what heatmap.save writes
 
 
 def check_output_file(path: Path, what: str) -> None:
@@ -34,8 +34,7 @@ def check_output_file(path: Path, what: str) -> None:
 
 def check_heatmap_path(path: Path) -> None:
     """The heatmap's suffix picks its format; checked with the rest of the request, not after inference."""
-    if Path(path).suffix.lower() not in HEATMAP_SUFFIXES:
-        raise SageError(f"{path}: the heatmap must be .png, .jpg or .webp")
+    check_suffix(path)
     check_output_file(path, "heatmap")
 
 

@@ -57,9 +57,8 @@ def detection(samples: list[dict]) -> dict:
 
     out = {}
     for name, key in (("p_yes", "detect_score"), ("map", "map_max")):
-        pairs = [(bool(s["detect_label"]), float(s[key])) for s in samples
-                 if s.get("detect_label") is not None and s.get(key) is not None]
-        out[name] = image_metrics([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+        labels, scores = labelled(samples, key)
+        out[name] = image_metrics(labels, scores) if labels else None
     sources: dict[str, int] = defaultdict(int)
     for s in samples:
         if s.get("detect_label") is not None:
@@ -113,18 +112,21 @@ def mmad_summary(samples: list[dict], normal_flag: str = "good") -> dict:
             "dropped_unreadable": dropped}
 
 
+def labelled(samples: list[dict], key: str) -> tuple[list[bool], list[float]]:
+    """(labels, scores) of the samples that carry a detection label and a `key` score."""
+    rows = [s for s in samples if s.get("detect_label") is not None and s.get(key) is not None]
+    return [bool(s["detect_label"]) for s in rows], [float(s[key]) for s in rows]
+
+
 def detection_auroc(samples: list[dict]) -> tuple[float | None, int]:
     """(AUROC, number of groups scored) over the samples that carry a detection label and score."""
-    pairs = [(bool(s["detect_label"]), float(s["detect_score"])) for s in samples
-             if s.get("detect_label") is not None and s.get("detect_score") is not None]
-    return auroc([p[0] for p in pairs], [p[1] for p in pairs]), len(pairs)
+    labels, scores = labelled(samples, "detect_score")
+    return auroc(labels, scores), len(labels)
 
 
 def map_auroc(samples: list[dict]) -> float | None:
     """AUROC of the anomaly map's peak as the defect score (a detector that needs no language model)."""
-    pairs = [(bool(s["detect_label"]), float(s["map_max"])) for s in samples
-             if s.get("detect_label") is not None and s.get("map_max") is not None]
-    return auroc([p[0] for p in pairs], [p[1] for p in pairs])
+    return auroc(*labelled(samples, "map_max"))
 
 
 def by_key(samples: list[dict], key: str) -> dict[str, dict]:
@@ -153,18 +155,18 @@ def mle_means(samples: list[dict]) -> dict | None:
 
 def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sage") -> dict:
     """Every metric of results.json from the samples."""
-    auc, n_auc = detection_auroc(samples)
-    maps = [s for s in samples if s.get("detect_label") is not None and s.get("map_max") is not None]
+    det = detection(samples)  # the AUROC columns are its figures
+    p_yes, peak = det["p_yes"] or {}, det["map"] or {}
     out = {
         "accuracy": accuracy(samples),
         "acc_g": acc_g(samples),
         "sbert": sbert_mean(samples),
         "mle": mle_means(samples),
-        "auroc": auc,
-        "auroc_groups": n_auc,
-        "auroc_map": map_auroc(samples),
-        "auroc_map_groups": len(maps),
-        "detection": detection(samples),
+        "auroc": p_yes.get("auroc"),
+        "auroc_groups": p_yes.get("n", 0),
+        "auroc_map": peak.get("auroc"),
+        "auroc_map_groups": peak.get("n", 0),
+        "detection": det,
         "per_category": by_key(samples, "category"),
     }
     if with_types:
