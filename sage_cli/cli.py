@@ -12,6 +12,7 @@ import typer
 
 from sage_cli.commands import data_export, data_ls, data_normals, data_synth, env as env_cmd, models as models_cmd, prefs_build, recipes as recipes_cmd
 from sage_cli.commands import bench as bench_cmd, bench_speed, demo as demo_cmd, facts_extract, infer as infer_cmd, score_mle, serve as serve_cmd, train as train_cmd
+from sage_cli.commands import calibrate as calibrate_cmd
 
 app = typer.Typer(
     name="sage",
@@ -37,7 +38,7 @@ train_app = _group("train", "The two training stages: SFE (stage 1) and E-DPO (s
 bench_app = _group("bench", "The paper's metrics (accuracy per level, Acc-G, SBERT, MLE) on QA benchmarks.")
 data_app = _group("data", "Inspect dataset roots, make normal images of new categories and synthetic defects on them, export QA groups and pairs as Hugging Face datasets.")
 recipes_app = _group("recipes", "Find, read, copy and validate YAML recipes.")
-models_app = _group("models", "The embedded sage-smol backbone (what is installed and cached, building it) and packing checkpoints.")
+models_app = _group("models", "The embedded sage-smol backbone (what is installed and cached, building it) packing and exporting checkpoints, converting the published InternVL2 layout.")
 
 data_app.command("ls")(data_ls.ls)
 data_app.command("synth")(data_synth.synth)
@@ -53,12 +54,14 @@ models_app.command("ls")(models_cmd.ls)
 models_app.command("build")(models_cmd.build)
 models_app.command("pack")(models_cmd.pack)
 models_app.command("export")(models_cmd.export)
+models_app.command("convert")(models_cmd.convert)
 
 
 facts_app.command("extract")(facts_extract.extract)
 prefs_app.command("build")(prefs_build.build)
 score_app.command("mle")(score_mle.mle)
 app.command("infer")(infer_cmd.infer)
+app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("serve")(serve_cmd.serve)
 app.command("demo")(demo_cmd.demo)
 app.command("env")(env_cmd.env)

@@ -80,6 +80,9 @@ class TrainConfig:
     verdict_weight: float = 1.0  # SFE: weight of each answer's first (Yes/No) token; 1 = plain CE (Eq. 8)
     eval_every: int = 0  # optimizer steps between validations (0 = only at the end); logged as val/*
     report_to: list[Literal["tensorboard"]] = field(default_factory=list)  # trackers besides metrics.jsonl
+    # examples sharing a prompt prefix (a QA group's questions, a pair's two answers) run it once per
+    # micro-batch, packed in one sequence (train/packing.py); false = each sequence alone, in a shuffled order
+    shared_prefix: bool = True
 
 
 @dataclass

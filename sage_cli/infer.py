@@ -40,7 +40,11 @@ def check_heatmap_path(path: Path) -> None:
 
 @dataclass
 class Inputs:
-    """A checked request: the questions, the decoded images, and where the heatmap goes."""
+    """A checked request: the questions, the decoded images, and where the heatmap goes.
+
+    Several normal references (`references`, `ref_imgs`): Eq. 1 compares the test image with the union
+    of their patches and the prompt shows the first (`Engine.encode`); `reference` / `ref_img` are the first.
+    """
 
     test: Path
     reference: Path | None
@@ -50,12 +54,19 @@ class Inputs:
     heatmap: Path | None = None
     facts_file: Path | None = None  # --facts FILE, read here ('auto' is written later, by the model)
     file_facts: list[str] | None = None
+    references: list[Path] = field(default_factory=list)  # every reference, the first = `reference`
+    ref_imgs: list = field(default_factory=list)  # their PIL images
+
+    @property
+    def reference_images(self):
+        """What `Engine.encode` takes: the one reference image, the list of several, or None."""
+        return self.ref_imgs if len(self.ref_imgs) > 1 else self.ref_img
 
     @classmethod
-    def read(cls, test: Path, reference: Path | None, questions: list[str] | None = None,
+    def read(cls, test: Path, reference: Path | list[Path] | None, questions: list[str] | None = None,
              questions_file: Path | None = None, heatmap: Path | None = None, facts: str | None = None) -> Inputs:
-        """Questions (-q, then the file's; DEFAULT_QUESTION without any), images of one size, where the
-        heatmap goes, the test image's facts from a --facts file."""
+        """Questions (-q, then the file's; DEFAULT_QUESTION without any), images of one size (one or
+        several references), where the heatmap goes, the test image's facts from a --facts file."""
         from sage_cli.data.images import load_rgb
         from sage_cli.models.engine import read_questions
 
@@ -63,23 +74,26 @@ class Inputs:
         qs = qs or [DEFAULT_QUESTION]
         if any(not q.strip() for q in qs):
             raise SageError("a question is empty (-q needs text)")
-        if heatmap is not None and reference is None:
+        refs = [Path(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])
+                if r is not None]
+        if heatmap is not None and not refs:
             raise SageError("--heatmap needs a reference image: the anomaly map compares the test image with it")
         if heatmap is not None:
             check_heatmap_path(heatmap)
         test_img = load_rgb(test)
-        ref_img = load_rgb(reference) if reference is not None else None
-        if ref_img is not None and ref_img.size != test_img.size:
-            raise SageError(f"{reference}: the reference is {ref_img.size[0]}x{ref_img.size[1]} but the test image "
-                            f"is {test_img.size[0]}x{test_img.size[1]}; use a reference taken like the test image")
+        ref_imgs = [load_rgb(r) for r in refs]
+        for r, img in zip(refs, ref_imgs):
+            if img.size != test_img.size:
+                raise SageError(f"{r}: the reference is {img.size[0]}x{img.size[1]} but the test image is "
+                                f"{test_img.size[0]}x{test_img.size[1]}; use a reference taken like the test image")
         facts_file = file_facts = None
         if facts is not None and facts != "auto":
             from sage_cli.facts.store import facts_for_image
 
             facts_file = Path(facts)
             file_facts = facts_for_image(facts_file, test)
-        return cls(Path(test), Path(reference) if reference is not None else None, qs, test_img, ref_img, heatmap,
-                   facts_file, file_facts)
+        return cls(Path(test), refs[0] if refs else None, qs, test_img, ref_imgs[0] if ref_imgs else None, heatmap,
+                   facts_file, file_facts, refs, ref_imgs)
 
 
 @dataclass
@@ -92,6 +106,10 @@ class Inference:
     answers: list  # engine.Answer per question
     anomaly: object | None  # engine.AnomalyMap; None zero-shot
     timings: dict = field(default_factory=dict)
+    # the checkpoint's calibrated detection (models/calibration.detect): {question, p_yes, p_defect, verdict,
+    # threshold}; None without a calibration or zero-shot
+    detection: dict | None = None
+    calibration: dict | None = None  # the checkpoint's stored calibration, as read
 
     @property
     def facts(self) -> list[str]:
@@ -109,14 +127,43 @@ class Inference:
             "checkpoint": self.engine.checkpoint,
             "test": str(i.test),
             "reference": str(i.reference) if i.reference is not None else None,
+            "references": [str(r) for r in i.references],
             "facts": self.facts,
-            "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, "new_tokens": x.new_tokens,
-                         "prompt_tokens": x.prompt_tokens, "ttft_s": x.ttft_s, "tokens_per_s": x.tokens_per_s}
+            "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, **self._calibrated(x),
+                         "new_tokens": x.new_tokens, "prompt_tokens": x.prompt_tokens, "ttft_s": x.ttft_s,
+                         "tokens_per_s": x.tokens_per_s}
                         for x in self.answers],
+            "detection": self.detection_report(),
             "anomaly": {**a.summary(), "map": a.rounded()} if a is not None else None,
             "heatmap": str(i.heatmap) if i.heatmap is not None else None,
             "timings": self.timings,
         }
+
+    def _calibrated(self, answer) -> dict:
+        """p_defect and verdict for an answer to the calibration's own question (its P(yes) is the feature)."""
+        d = self.detection
+        if d is None or answer.question.strip() != d["question"]:
+            return {}
+        return {"p_defect": d["p_defect"], "verdict": d["verdict"]}
+
+    def detection_report(self) -> dict | None:
+        """The calibrated detection with where its calibration comes from (--json's "detection")."""
+        if self.detection is None:
+            return None
+        val = (self.calibration or {}).get("val") or {}
+        return {**self.detection, "calibration": {"val": val.get("name"), "pairs": val.get("pairs"),
+                                                  "date": (self.calibration or {}).get("date"),
+                                                  "features": (self.calibration or {}).get("features")}}
+
+    def detection_line(self) -> str | None:
+        """The calibrated verdict in words; None without a calibration or zero-shot."""
+        d = self.detection
+        if d is None:
+            return None
+        val = (self.calibration or {}).get("val") or {}
+        return (f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']} (threshold {d['threshold']:.2f}; raw "
+                f"P(yes) {d['p_yes']:.2f} to {d['question']!r}; calibrated on {val.get('pairs')} pairs of "
+                f"{val.get('name')})")
 
     def anomaly_line(self) -> str | None:
         """Where the map peaks, in words and patches; None zero-shot."""
@@ -137,6 +184,10 @@ def load_engine(backbone: str | None, checkpoint: Path | None, dtype: str = "aut
     from sage_cli.models.engine import Engine
 
     checkpoint = resolve_checkpoint(checkpoint, backbone)
+    if checkpoint:
+        from sage_cli.models.calibration import of_checkpoint
+
+        of_checkpoint(checkpoint)  # a malformed stored calibration fails now, not after the answers
     t0 = time.perf_counter()
     engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed,
                          repetition_penalty=repetition_penalty)
@@ -169,7 +220,7 @@ def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 12
     `on_question(q)` before each answer, `on_text(str)` as it is decoded (None: not streamed),
     `on_answer(answer)` after it.
     """
-    prefix = engine.encode(inputs.test_img, inputs.ref_img, facts)
+    prefix = engine.encode(inputs.test_img, inputs.reference_images, facts)
     answers = []
     for q in inputs.questions:
         if on_question:
@@ -182,5 +233,13 @@ def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 12
         from sage_cli import heatmap as hm
 
         hm.save(hm.render_map(inputs.test_img, anomaly), inputs.heatmap)
+    from sage_cli.models import calibration as cal
+
+    stored = cal.of_checkpoint(engine.checkpoint)
+    detection = None
+    if stored is not None and anomaly is not None:
+        asked = next((a for a in answers if a.question.strip() == stored.get("question")), None)
+        detection = cal.detect(engine, stored, prefix, anomaly, asked.p_yes if asked else None,
+                               asked.question if asked else None)
     t = {**(timings or {}), "encode_s": prefix.encode_s, "prefill_s": prefix.prefill_s}
-    return Inference(engine, inputs, prefix, answers, anomaly, t)
+    return Inference(engine, inputs, prefix, answers, anomaly, t, detection, stored)

@@ -240,7 +240,7 @@ def test_mpdd_reads_manta_schema(vlm, tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["manta", "--root", "{tmp}/nowhere"], "no such file or directory"),
     (["mmad", "--root", "{manta}"], "looks like manta data"),
-    (["manta", "--root", "{manta}", "--shots", "2"], "--shots must be 0"),
+    (["manta", "--root", "{manta}", "--shots", "-1"], "--shots must be 0"),
     (["manta", "--root", "{manta}", "--checkpoint", "{tmp}/nockpt"], "checkpoint directory not found"),
     (["manta", "--root", "{manta}", "--categories", "wheat"], "no such category: wheat"),
     (["manta", "--root", "{manta}", "--resume", "--overwrite"], "contradict"),

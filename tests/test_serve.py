@@ -267,7 +267,7 @@ def test_engine_failure_is_a_generic_500(engine, monkeypatch):
     try:
         def boom(*a, **k):
             raise RuntimeError("CUDA exploded at /secret/path")
-        monkeypatch.setattr(engine, "chat", boom)
+        monkeypatch.setattr(engine, "answer_batch", boom)
         status, err = s.raw("POST", "/v1/chat/completions", _body())
         assert status == 500 and err["error"]["type"] == "server_error"
         assert "secret" not in err["error"]["message"] and "Traceback" not in json.dumps(err)
@@ -281,10 +281,10 @@ def test_engine_failure_is_a_generic_500(engine, monkeypatch):
 def test_engine_failure_in_a_stream_is_an_error_event(engine, monkeypatch):
     s = Running(engine)
     try:
-        def half(prefix, question, on_text=None, **kw):
-            on_text("Part of an answer")
+        def half(prompts):
+            prompts[0].on_text("Part of an answer")
             raise RuntimeError("decoder fell over")
-        monkeypatch.setattr(engine, "answer", half)
+        monkeypatch.setattr(engine, "answer_batch", half)
         with pytest.raises(openai.APIError, match="failed to answer"):
             for _ in s.client().chat.completions.create(model="tiny", messages=_ask("q", _img(1)), stream=True):
                 pass

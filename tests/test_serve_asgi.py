@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from sage_cli.models.engine import Engine
+from sage_cli.models.engine import Answer, Engine
 from sage_cli.models.sage import SageModel
 from test_serve import LIMITS, Running, _ask, _body, _good
 from tiny_models import noise_image as _img
@@ -52,17 +52,17 @@ def _raw(srv, method, path, body=None, headers=None):
 
 
 class SlowModel:
-    """engine.chat waits until `release` is set; `started` tells that a request is on the model."""
+    """The engine's batch waits until `release` is set; `started` tells that a request is on the model."""
 
     def __init__(self, engine, monkeypatch):
-        self.started, self.release, real = threading.Event(), threading.Event(), engine.chat
+        self.started, self.release, real = threading.Event(), threading.Event(), engine.answer_batch
 
         def slow(*a, **kw):
             self.started.set()
             self.release.wait(30)
             return real(*a, **kw)
 
-        monkeypatch.setattr(engine, "chat", slow)
+        monkeypatch.setattr(engine, "answer_batch", slow)
 
 
 def _wait_for(cond, timeout=10.0):
@@ -294,13 +294,13 @@ def test_shutdown_ends_a_stream_in_flight_promptly(engine, monkeypatch):
     s = Running(engine)
     on_model = threading.Event()
 
-    def endless(messages, on_text=None, **kw):  # a model that never stops on its own
+    def endless(prompts):  # a model that stops only when its text callback says so (the client left)
         on_model.set()
-        while True:
-            on_text(" word")
+        while prompts[0].on_text(" word") is not False:
             time.sleep(0.01)
+        return [Answer(p.question, "", None, 0, 0, 0.0, 0.0) for p in prompts]
 
-    monkeypatch.setattr(engine, "chat", endless)
+    monkeypatch.setattr(engine, "answer_batch", endless)
     closed = False
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -332,3 +332,13 @@ def test_a_stalled_upload_times_out_and_gives_its_place_back(engine):
         assert _good(s)
     finally:
         s.close()
+
+
+def test_a_half_sent_request_held_open_does_not_hold_the_others(srv):
+    with socket.create_connection(("127.0.0.1", srv.server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000\r\n\r\n{\"model\": ")  # and nothing more while the others ask
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:
+            assert all(pool.map(lambda _: _good(srv), range(3)))
+        assert time.monotonic() - t0 < 30

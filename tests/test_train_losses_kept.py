@@ -76,8 +76,11 @@ def data(tmp_path_factory):
 
 
 def _common(data, out):
+    # the plain path, pinned: each sequence run alone, in the shuffled order of every example (the
+    # shared-prefix path keeps a group's examples together; tests/test_shared_prefix.py holds it to these)
     return [f"model.backbone={data['vlm']}", "--facts", str(data["facts"]), "--root", str(data["images"]),
-            "--out", str(out), "train.log_every=1", "train.max_steps=10", "optim.warmup_steps=2"]
+            "--out", str(out), "train.log_every=1", "train.max_steps=10", "optim.warmup_steps=2",
+            "train.shared_prefix=false"]
 
 
 def _metrics(run_dir: Path) -> list[dict]:

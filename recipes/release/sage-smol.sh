@@ -8,7 +8,10 @@
 #   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
-#   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt)
+#   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
+#                                                   # then calibrate
+#   bash recipes/release/sage-smol.sh calibrate     # the shipped checkpoint's P(defect), fitted on synthetic
+#                                                   # validation pairs only (config.json's "calibration")
 #
 # bench also keeps each finished run's results.json in recipes/release/results (commit it): the table
 # is made from there, so it survives the loss of runs/.
@@ -34,6 +37,9 @@ TOKENS=${TOKENS:-32}
 # AUROC from one question asked of every image (the groups' own detection questions vary in wording, and
 # P(yes) shifts with the wording): the question sage-smol answers in `make infer`
 DETECT=${DETECT:-Is there any defect on the test object?}
+# sage calibrate --features: chosen by leave-one-category-out balanced accuracy on the synthetic VAL (P(yes) added
+# nothing there beyond the map: 0.805 with it or without it, 0.704 alone)
+CALIBRATE_FEATURES=${CALIBRATE_FEATURES:-log_map_max,log_map_ratio}
 FACTS_KEPT=${FACTS_KEPT:-recipes/release/facts.jsonl}  # the facts seed 2 of the card was trained on (see data)
 
 data() {
@@ -165,6 +171,27 @@ The inspector reports whether there is a defect, what kind it is and where it is
 FACTS
 }
 
+calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic validation pairs only
+    # Normal images never used in training: procedural ones of another seed (7; training used 0) and the
+    # hazelnut train/good photos, never its test/ nor train/good/00.jpg (the bundled pair's reference). The
+    # defects are drawn by `sage data synth` with another seed; nothing real is fitted on.
+    local to=sage_cli/assets/sage-smol src="$R/calibrate-src"
+    $SAGE data normals --out "$R/calibrate-normals" --categories procedural --count 5 --test-count 4 --image-size 224 --seed 7
+    if [ ! -d "$src" ]; then
+        mkdir -p "$src.tmp/hazelnut/train/good" "$src.tmp/hazelnut/test/good"
+        for c in $(ls "$R/calibrate-normals" | grep -v '\.json$'); do cp -r "$R/calibrate-normals/$c" "$src.tmp/$c"; done
+        i=0; for f in "$HAZELNUT"/hazelnut/train/good/*; do
+            [ "$(basename "$f")" = 00.jpg ] && continue
+            to_split=train; [ $((i % 3)) = 2 ] && to_split=test  # every third photo is a normal test pair
+            cp "$f" "$src.tmp/hazelnut/$to_split/good/"; i=$((i + 1))
+        done
+        mv "$src.tmp" "$src"
+    fi
+    $SAGE data synth --from "$src" --out "$R/calibrate-val" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 11
+    # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
+    $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
+}
+
 case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
@@ -172,6 +199,7 @@ case "${1:-}" in
     table) shift
         add=(); [ -d "$R/bench" ] && add=(--add "$R/bench")
         py recipes/release/ablation_table.py "$RESULTS" "${add[@]}" "$@" ;;
-    ship) ship ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    ship) ship; calibrate ;;
+    calibrate) calibrate ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -13,6 +13,13 @@ A question's level is its own ``level``, else its group's ``pair_type`` (MMAD: f
 be zero-shot answers inside a one-shot score). ``--categories`` selects categories; ``--limit N`` keeps
 at most N items per category, a stable seeded choice as in `sage prefs build --limit`.
 
+``--shots N`` (N > 1, beyond the paper): each item keeps its own reference and gets N - 1 more normal
+references (``BenchItem.more_references``), drawn from the data set's normal images of its category with
+a stable seeded ranking per test image: mvtec from the category's train/good images; manta / mpdd / qa
+from the reference images the category's groups use (the only images the data call normal without
+reading a label); MMAD from the image's next templates (similar, then random). The test image is never
+its own reference. Eq. 1 then compares with the union of the references' patches (`Engine.encode`).
+
 Each yes/no item may have a detection question, the one AUROC is read from: its first standard-level
 question that asks whether the part is defective (or normal) in so many words
 (`verdict.detection_polarity`). Its truth is whether the part is defective (flipped for a "free of
@@ -65,9 +72,15 @@ class BenchItem:
     defective: bool | None = None  # the group's label (data/labels.py); None = unknown (MMAD, an unlabelled group)
     label_source: str | None = None  # where `defective` comes from: "annotation", "conclusion", "question:<q>", ...
     mask: str | None = None  # the defect mask, relative to root (pixel metrics); None = none annotated
+    more_references: list[str] = field(default_factory=list)  # --shots N > 1: N - 1 more normal references
 
     def path(self, rel: str) -> Path:
         return self.root / rel
+
+    @property
+    def references(self) -> list[str]:
+        """Every reference image, the item's own first; empty zero-shot."""
+        return [self.reference_image, *self.more_references] if self.reference_image is not None else []
 
 
 @dataclass
@@ -76,6 +89,7 @@ class Loaded:
     problems: list[str] = field(default_factory=list)  # data problems skipped while reading
     no_reference: int = 0  # one-shot items left out for want of a reference
     categories: list[str] = field(default_factory=list)  # every category found (before --categories)
+    short_references: int = 0  # --shots N > 1: items that found fewer than N normal references
 
 
 def check_layout(fmt: str, root: Path) -> None:
@@ -114,6 +128,7 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
         groups, problems = make_groups(opts, "mvtec")
         found = sorted({g.category for g in groups})
         items = [_yes_no_item(g, shots, built=True) for g in groups]
+        pools = _mvtec_normals(root, seed) if shots > 1 else {}
     else:
         ds = open_dataset(root, fmt=READER[fmt], strict=strict, seed=seed)
         problems = ds.problems
@@ -129,6 +144,8 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
         key = (lambda it: it.image) if fmt == "mmad" else (lambda g: f"{g.test_image}\0{g.id}")
         records = limit_per_category(records, key, lambda r: r.category, seed, limit)
         items = [_mmad_item(it, shots) if fmt == "mmad" else _yes_no_item(it, shots) for it in records]
+        pools = _used_references(records) if shots > 1 and fmt != "mmad" else {}
+    short = _more_references(items, pools, shots, seed) if shots > 1 else 0
     _unique_ids(items)
     items = [it for it in items if it.questions]  # an MMAD image with an empty conversation asks nothing
     kept = [it for it in items if shots == 0 or it.reference_image is not None]
@@ -137,7 +154,46 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
         if items and missing:
             raise SageError(f"{root}: none of the {len(items)} items has a reference image; use --shots 0")
         raise SageError(f"{root}: nothing to benchmark after --categories/--limit")
-    return Loaded(kept, list(problems.items), missing, found)
+    return Loaded(kept, list(problems.items), missing, found, short_references=short)
+
+
+def _mvtec_normals(root: Path, seed: int) -> dict[str, list[str]]:
+    """category -> its train/good images (relative to root): the normal pool of an MVTec-layout set."""
+    from sage_cli.data.mvtec import read_mvtec
+    from sage_cli.data.problems import Problems
+
+    pools: dict[str, list[str]] = {}
+    for r in read_mvtec(root, Problems(strict=False), seed=seed):
+        if r.split == "train":
+            pools.setdefault(r.category, []).append(r.image)
+    return pools
+
+
+def _used_references(records) -> dict[str, list[str]]:
+    """category -> the distinct reference images its groups use, in reading order."""
+    pools: dict[str, list[str]] = {}
+    for g in records:
+        if g.reference_image is not None and g.reference_image not in pools.setdefault(g.category, []):
+            pools[g.category].append(g.reference_image)
+    return pools
+
+
+def _more_references(items: list[BenchItem], pools: dict[str, list[str]], shots: int, seed: int) -> int:
+    """Give each one-shot item shots - 1 more references (an MMAD item has its own already): the pool's
+    highest stable scores for its test image, never the test image nor its own reference. Returns the
+    number of items left with fewer than `shots` references."""
+    from sage_cli.data.categories import stable_score
+
+    short = 0
+    for it in items:
+        if it.reference_image is None:
+            continue
+        if it.kind != "choice":
+            pool = [r for r in pools.get(it.category, []) if r not in (it.test_image, it.reference_image)]
+            pool.sort(key=lambda r: (-stable_score("references", seed, f"{it.test_image}\0{r}"), r))
+            it.more_references = pool[: shots - 1]
+        short += len(it.references) < shots
+    return short
 
 
 def _unique_ids(items: list[BenchItem]) -> None:
@@ -192,11 +248,14 @@ def _mmad_item(it, shots: int) -> BenchItem:
     questions = [BenchQuestion(i, q.question, mmad_prompt(q.question, q.options), mmad_level(q.type), q.answer,
                                None, dict(q.options), q.type or "(untyped)")
                  for i, q in enumerate(it.conversation)]
-    ref = None
+    ref, more = None, []
     if shots:
         refs = it.similar_templates or it.random_templates
         ref = refs[0] if refs else None
+        extra = [r for r in [*(it.similar_templates or []), *(it.random_templates or [])] if r not in (ref, it.image)]
+        more = list(dict.fromkeys(extra))[: max(shots - 1, 0)]
     # MMAD's own summary calls an image normal when "good" is in its path; its masks mark the defects
     normal = MMAD_NORMAL_FLAG in it.image
     return BenchItem(it.image, it.category or it.dataset or "(none)", Path(it.root), it.image, ref, questions,
-                     kind="choice", defective=not normal, label_source="annotation", mask=it.mask)
+                     kind="choice", defective=not normal, label_source="annotation", mask=it.mask,
+                     more_references=more)

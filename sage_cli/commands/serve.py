@@ -25,6 +25,7 @@ def serve(
     max_image_mb: float = typer.Option(10.0, "--max-image-mb", min=0.001, help="Largest image (decoded file), in MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Most pixels (width x height) of an image; guards against decompression bombs."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Most requests waiting for the model; past it a request gets 503 with Retry-After."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most waiting requests decoded together in one batch (1: one at a time)."),
     request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001, help="Seconds a request may take, waiting in the queue included (then 504, or an error event in a stream)."),
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -38,7 +39,8 @@ def serve(
     question. Fact sentences go in the body's extension field "sage": {"facts": [...]}. Answers with
     images carry "sage": {"p_yes", "anomaly"}. Without images (or with --llm-only) the conversation is
     plain text chat with the backbone's LLM. Streaming, bearer auth and size limits are supported;
-    temperature defaults to 0 (greedy). One model worker answers from a bounded queue (--max-queue);
+    temperature defaults to 0 (greedy). One model worker answers from a bounded queue (--max-queue),
+    decoding what is waiting together (--max-batch);
     /metrics is Prometheus text, /docs the OpenAPI page, every response carries X-Request-Id.
     """
     from sage_cli.errors import SageError
@@ -63,7 +65,8 @@ def serve(
     engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed)
     name = served_name or _default_name(engine.backbone_name)
     server = make_server(engine, host, port, model_name=name, api_key=api_key, limits=limits, llm_only=llm_only,
-                         quiet=quiet, max_queue=max_queue, request_timeout_s=request_timeout)
+                         quiet=quiet, max_queue=max_queue, request_timeout_s=request_timeout,
+                         max_batch=max_batch)
     err = sys.stderr
     if not is_loopback(host):
         auth = "a key is required" if api_key else "and NO key is required (set --api-key-env)"

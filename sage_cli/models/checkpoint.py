@@ -129,6 +129,64 @@ def read_config(ckpt_dir: str | Path) -> dict:
     return config
 
 
+CALIBRATION = "calibration"  # config key: `sage calibrate`'s fit (models/calibration.py); absent = uncalibrated
+
+
+def read_calibration(ckpt_dir: str | Path) -> dict | None:
+    """The calibration stored in the checkpoint's config, or None."""
+    return read_config(ckpt_dir).get(CALIBRATION)
+
+
+def _config_path(ckpt_dir: str | Path) -> Path:
+    from sage_cli.models.export_layout import EXPORT_CONFIG, is_export
+
+    return Path(ckpt_dir) / (EXPORT_CONFIG if is_export(ckpt_dir) else CONFIG)
+
+
+def check_calibration_out(src: str | Path, out: str | Path) -> None:
+    """`sage calibrate --out`: a new folder, or an existing checkpoint to replace; never the source's
+    parent nor a folder holding other things."""
+    out = Path(out)
+    if out.exists() and out.resolve() == Path(src).resolve():
+        return  # the same folder: calibrated in place
+    if Path(src).resolve() in out.resolve().parents:
+        raise SageError(f"{out}: is inside the checkpoint {src}; give a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise SageError(f"{out}: is a file; --out needs a folder for the calibrated checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG).is_file() and not _config_path(out).is_file():
+        raise SageError(f"{out}: exists and is not a checkpoint; give a new folder for the calibrated copy")
+
+
+def write_calibration(ckpt_dir: str | Path, calibration: dict, out: str | Path | None = None) -> Path:
+    """Store `calibration` under the config's CALIBRATION key, atomically: in place (the config file is
+    replaced whole), or into a copy of the checkpoint at `out` (built beside it, then renamed into place).
+    Returns the calibrated checkpoint's folder."""
+    from sage_cli.atomic import write_text
+
+    src = Path(ckpt_dir)
+    config = {**read_config(src), CALIBRATION: calibration}
+    text = json.dumps(config, indent=2)
+    if out is None or (Path(out).exists() and Path(out).resolve() == src.resolve()):
+        try:
+            write_text(_config_path(src), text)
+        except OSError as e:
+            raise SageError(f"{src}: cannot write the calibration there ({e.strerror or e})") from None
+        return src
+    dst = Path(out)
+    check_calibration_out(src, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        for p in src.iterdir():
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        (tmp / _config_path(src).name).write_text(text, encoding="utf-8")
+        swap_in_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
 def default_facts(ckpt_dir: str | Path) -> list[str]:
     """The checkpoint's own fact sentences (facts.txt), or none.
 

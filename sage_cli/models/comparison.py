@@ -3,6 +3,11 @@
 The paper's "minimum similarity to any reference patch" is read as the nearest-neighbour rule of
 PatchCore (SPEC.md step 2): s_i = max_j cos(v_t[i], v_r[j]); the K test patches with the lowest s_i
 are the comparison patches. 1 - s over the patch grid is an anomaly map for free.
+
+Several normal references (beyond the paper): the reference side is the union of every reference's
+patches, a memory bank of normal patches as PatchCore keeps one (`reference_bank`). A test patch is
+then as normal as its nearest patch in any of them, so a second reference can only raise s_i (lower
+the map); with one reference the bank is that reference's patches and nothing changes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ def nearest_similarity(v_t: torch.Tensor, v_r: torch.Tensor) -> tuple[torch.Tens
     sim = F.normalize(v_t.float(), dim=-1) @ F.normalize(v_r.float(), dim=-1).transpose(1, 2)  # [B, P, R]
     s, nn = sim.max(dim=-1)
     return s, nn
+
+
+def reference_bank(v_r: torch.Tensor) -> torch.Tensor:
+    """The union of N references' patches: [B, N, P, C] -> [B, N * P, C] (reference after reference).
+
+    A [B, P, C] tensor is one reference already and is returned as it is.
+    """
+    return v_r.flatten(1, 2) if v_r.dim() == 4 else v_r
 
 
 def least_similar(s: torch.Tensor, k: int) -> torch.Tensor:

@@ -52,24 +52,31 @@ class PaddedRows:
         return self.lm(self.cache, input_ids=nxt[:, None], attention_mask=self.mask, position_ids=self.last[:, None])
 
 
-def decode(step, logits: torch.Tensor, max_new_tokens: int, stop_ids: set[int], *, penalty: float = 1.0,
-           temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-           on_token=None) -> tuple[list[list[int]], float]:
-    """Decode every row from its first-token `logits` [n, V] until a stop token or `max_new_tokens`.
+def decode(step, logits: torch.Tensor, max_new_tokens: int | list[int], stop_ids: set[int], *,
+           penalty: float = 1.0, temperature: float = 0.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None, on_token=None,
+           per_row: list[dict] | None = None) -> tuple[list[list[int]], float]:
+    """Decode every row from its first-token `logits` [n, V] until a stop token or its budget.
 
     `step(tokens [n]) -> logits [n, V]` feeds one token per row (rows already finished get a stop token,
-    which nobody reads). `on_token(row, ids)` sees each row's ids after every new token. Returns the
-    new ids per row (stop token excluded) and the time the first token was picked.
+    which nobody reads). `max_new_tokens` is one budget or one per row; `per_row` gives each row its own
+    sampling (penalty, temperature, top_p, generator; requests batched together differ). `on_token(row,
+    ids)` sees each row's ids after every new token; returning False ends that row (its client left).
+    Returns the new ids per row (stop token excluded) and the time the first token was picked.
     """
     n = logits.shape[0]
+    budget = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
+    same = {"penalty": penalty, "temperature": temperature, "top_p": top_p, "generator": generator}
+    rows = [{**same, **r} for r in per_row] if per_row is not None else [same] * n
     ids: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
+    done = [b < 1 for b in budget]
     filler = min(stop_ids) if stop_ids else 0
     t_first = None
-    for _ in range(max_new_tokens):
+    for _ in range(max(budget, default=0)):
+        if all(done):
+            break
         # finished rows draw nothing, so a sampled row gets the same draws alone or in a batch
-        nxt = [filler if done[i] else pick(penalise(logits[i], ids[i], penalty), temperature, top_p, generator)
-               for i in range(n)]
+        nxt = [filler if done[i] else _pick_row(logits[i], ids[i], **rows[i]) for i in range(n)]
         t_first = t_first or time.perf_counter()
         for i, tok in enumerate(nxt):
             if done[i]:
@@ -78,13 +85,18 @@ def decode(step, logits: torch.Tensor, max_new_tokens: int, stop_ids: set[int], 
                 done[i] = True
                 continue
             ids[i].append(tok)
-            done[i] = len(ids[i]) >= max_new_tokens
-            if on_token is not None:
-                on_token(i, ids[i])
+            done[i] = len(ids[i]) >= budget[i]
+            if on_token is not None and on_token(i, ids[i]) is False:
+                done[i] = True
         if all(done):
             break
         logits = step(torch.tensor(nxt, device=logits.device))
     return ids, t_first or time.perf_counter()
+
+
+def _pick_row(logits: torch.Tensor, seen: list[int], penalty: float, temperature: float, top_p: float,
+              generator) -> int:
+    return pick(penalise(logits, seen, penalty), temperature, top_p, generator)
 
 
 class TextStream:
@@ -96,8 +108,8 @@ class TextStream:
     def __call__(self, row: int, ids: list[int]) -> None:
         text = self.tok.decode(ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self.on_text(text[len(self.shown):])
-            self.shown = text
+            new, self.shown = text[len(self.shown):], text
+            return self.on_text(new)  # False: the row ends (decode's on_token)
 
     def close(self, ids: list[int]) -> None:
         text = self.tok.decode(ids, skip_special_tokens=True)

@@ -15,6 +15,7 @@ serialise).
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class Prefix:
     encode_s: float
     prefill_s: float  # prefix-only prefill (0 when it was prefilled with the first question)
     positions: torch.Tensor | None = None  # [3, P] M-RoPE positions of the prefix; None: they count tokens
+    start_tokens: int = 0  # the tokens before the test image (system text, reference image); 0 zero-shot
 
     @property
     def has_reference(self) -> bool:
@@ -98,6 +100,22 @@ class AnomalyMap:
                 "selected": list(self.selected)}
 
 
+@dataclass
+class Prompt:
+    """One request's whole prompt for `Engine.answer_batch`: its embeds [T, C], budget and sampling."""
+
+    embeds: torch.Tensor
+    question: str
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+    repetition_penalty: float | None = None
+    on_text: object = None  # on_text(str) -> False to stop this row; None: not streamed
+    # (key, n): the first n embeds are those of every prompt with this key (`Engine.shared_start`)
+    shared: tuple[str, int] | None = None
+
+
 class Engine:
     def __init__(self, model: SageModel, backbone_name: str, checkpoint: str | None = None,
                  repetition_penalty: float = 1.0):
@@ -146,21 +164,56 @@ class Engine:
     def encode(self, test, reference=None, facts: list[str] | None = None, default_facts: bool = True) -> Prefix:
         """PIL test (+ reference) image and fact sentences -> a Prefix every question can reuse.
 
-        No facts = the checkpoint's default facts, if it has any (`self.default_facts`), unless
-        `default_facts` is False (writing facts: the model reads none).
+        `reference`: one PIL image, a list of them (several normal references: Eq. 1 over the union of
+        their patches, the prompt showing the first; `SageModel.encode_features`), or None / [] for
+        zero-shot. No facts = the checkpoint's default facts, if it has any (`self.default_facts`),
+        unless `default_facts` is False (writing facts: the model reads none).
         """
-        t0 = time.perf_counter()
-        facts = list(facts or []) or (self.default_facts if default_facts else [])
+        return self.encode_pixels([self.pixels(test, reference)], [facts], default_facts)[0]
+
+    def pixels(self, test, reference=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """PIL images -> the encoder's input: test [1, 3, H, W] and reference [1, 3, H, W], or several
+        references [1, R, 3, H, W], or None (zero-shot). Small: a request's full-size images can go."""
         bb = self.model.backbone
+        refs = list(reference) if isinstance(reference, (list, tuple)) else [reference] if reference is not None else []
         test_px = bb.preprocess([test])  # [1, 3, H, W]
-        ref_px = bb.preprocess([reference]) if reference is not None else None
-        enc = self.model.encode(test_px, ref_px, [facts])
+        ref_px = bb.preprocess(refs) if refs else None  # [R, 3, H, W]
+        if ref_px is not None and len(refs) > 1:
+            ref_px = ref_px[None]  # [1, R, 3, H, W]: one sample with R references
+        return test_px, ref_px
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: list[tuple[torch.Tensor, torch.Tensor | None]], facts: list[list[str] | None],
+                      default_facts: bool = True) -> list[Prefix]:
+        """Several pairs (`pixels` of each) and their facts -> one Prefix each, as `encode` gives them.
+        Pairs of one shape (as many references, images of one size) go through the vision encoder,
+        adapter and fusion as one batch: serving, several requests' images at once."""
+        t0 = time.perf_counter()
+        facts = [list(f or []) or (self.default_facts if default_facts else []) for f in facts]
+        groups: dict[tuple, list[int]] = {}
+        for i, (test_px, ref_px) in enumerate(pixels):
+            groups.setdefault((tuple(test_px.shape), None if ref_px is None else tuple(ref_px.shape)), []).append(i)
+        prefixes: list[Prefix | None] = [None] * len(pixels)
+        for idx in groups.values():
+            refs = [pixels[i][1] for i in idx]
+            enc = self.model.encode(torch.cat([pixels[i][0] for i in idx]),  # [B, 3, H, W]
+                                    torch.cat(refs) if refs[0] is not None else None, [facts[i] for i in idx])
+            for j, i in enumerate(idx):
+                prefixes[i] = self._prefix(enc.sample(j) if len(idx) > 1 else enc)
+        for p in prefixes:
+            p.encode_s = (time.perf_counter() - t0) / len(pixels)
+        return prefixes
+
+    def _prefix(self, enc: Encoding) -> Prefix:
+        """One encoded pair (a batch of one) -> its Prefix, not prefilled yet."""
         pieces, at, images = self.model.prompt_layout(enc, 0, "")
         n = sum(p.shape[0] for p in pieces[:at])
         positions = self.model.rope_positions(pieces[:at], images[:at])
         # No prefill yet: the first question is prefilled together with the prefix (one forward, as plain
         # generate does), and the cache is then cut back to the prefix for the questions after it.
-        return Prefix(enc, pieces, at, None, n, encode_s=time.perf_counter() - t0, prefill_s=0.0, positions=positions)
+        test_at = [i for i, image in enumerate(images) if image][-1]  # the reference comes first, then the test
+        start = sum(p.shape[0] for p in pieces[:test_at]) if enc.v_r is not None else 0
+        return Prefix(enc, pieces, at, None, n, encode_s=0.0, prefill_s=0.0, positions=positions, start_tokens=start)
 
     def _prefill(self, prefix: Prefix) -> None:
         """Give `prefix` its cache by itself (a group or a probe needs it before any question)."""
@@ -297,15 +350,111 @@ class Engine:
     def chat(self, messages: list[dict], max_new_tokens: int = 128, on_text=None, temperature: float = 0.0,
              top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
         """Plain text chat with the backbone's LLM (no images): for judges and fact writers."""
-        tok = self.model.backbone.tokenizer
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        embeds = self.model.embed_text(text)[None]  # [1, T, C]
+        embeds = self.chat_embeds(messages)[None]  # [1, T, C]
         question = messages[-1].get("content", "") if messages else ""
         a = self._answer_one(self.lm.new_cache(), embeds, question, max_new_tokens, on_text,
                              {"temperature": temperature, "top_p": top_p, "generator": generator,
                               "penalty": self.repetition_penalty})
         a.prompt_tokens = embeds.shape[1]
         return a
+
+    def chat_embeds(self, messages: list[dict]) -> torch.Tensor:
+        """The chat template's prompt for `messages`, embedded [T, C]."""
+        text = self.model.backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.model.embed_text(text)
+
+    # ---- whole prompts of different requests, batched --------------------------------------------
+
+    @property
+    def batches_prompts(self) -> bool:
+        """Whether `answer_batch` can take this backbone's prompts (M-RoPE positions are not token counts)."""
+        return getattr(self.model.backbone, "rope_positions", None) is None
+
+    def pair_embeds(self, prefix: Prefix, question: str) -> torch.Tensor:
+        """The whole prompt of one question on an encoded pair [T, C] (prefix and question), for `answer_batch`."""
+        if not question.strip():
+            raise SageError("the question is empty")
+        return torch.cat([prefix.embeds(), self._question_rest(prefix, question)])
+
+    def shared_start(self, prefix: Prefix) -> tuple[str, int] | None:
+        """`Prompt.shared` for a one-shot pair: its prompt starts with the system text and the reference
+        image, the same embeds for every test image checked against that reference (a station's golden
+        sample). The key is a digest of those embeds, so only starts that are bit for bit equal share."""
+        if not prefix.start_tokens:
+            return None
+        head = prefix.embeds()[: prefix.start_tokens].contiguous()  # [S, C]
+        return hashlib.sha1(head.view(torch.uint8).cpu().numpy().tobytes()).hexdigest(), prefix.start_tokens
+
+    @torch.no_grad()
+    def answer_batch(self, prompts: list[Prompt]) -> list[Answer]:
+        """Whole prompts of any lengths (different requests) answered as one batch.
+
+        The prompts are left-padded into one prefill; positions count each row's real tokens and the
+        attention mask hides the padding, so each row decodes as it would alone (greedy: the same text
+        up to float rounding in batched matmuls). Prompts that start with the same tokens (`Prompt.shared`:
+        image pairs with one reference, whose system text and reference image come first) prefill that
+        start once, and their rows continue from its cache. Each row keeps its own budget and sampling; a
+        row whose `on_text` returns False stops there (its client left) while the others go on.
+        """
+        if not self.batches_prompts:
+            raise SageError("answer_batch: this backbone's M-RoPE positions need one request at a time")
+        shared = {p.shared[1] for p in prompts if p.shared is not None}
+        if len(shared) > 1 or (shared and any(p.shared is None for p in prompts)):
+            # one batch per length of shared start (none is one of them); answers in the prompts' order
+            by_start: dict[int, list[int]] = {}
+            for i, p in enumerate(prompts):
+                by_start.setdefault(p.shared[1] if p.shared else 0, []).append(i)
+            out: list[Answer | None] = [None] * len(prompts)
+            for idx in by_start.values():
+                for i, a in zip(idx, self.answer_batch([prompts[i] for i in idx])):
+                    out[i] = a
+            return out
+        t0 = time.perf_counter()
+        cache, logits, rows = self._shared_prefill(prompts) if shared else self._padded_prefill(prompts)
+        p_yes = [self._p_yes(row) for row in logits]
+        tok = self.model.backbone.tokenizer
+        streams = [decoding.TextStream(tok, p.on_text) if p.on_text is not None else None for p in prompts]
+        ids, t_first = decoding.decode(
+            rows, logits, [p.max_new_tokens for p in prompts], self.stop_ids,
+            per_row=[{"penalty": self._penalty(p.repetition_penalty), "temperature": p.temperature,
+                      "top_p": p.top_p, "generator": p.generator} for p in prompts],
+            on_token=lambda i, row: streams[i](i, row) if streams[i] is not None else None)
+        t_end = time.perf_counter()
+        answers = []
+        for i, p in enumerate(prompts):
+            if streams[i] is not None:
+                streams[i].close(ids[i])
+            answers.append(Answer(p.question, tok.decode(ids[i], skip_special_tokens=True).strip(), p_yes[i],
+                                  len(ids[i]), p.embeds.shape[0], t_first - t0, t_end - t_first))
+        return answers
+
+    def _padded_prefill(self, prompts: list[Prompt]):
+        """Rows [padding | prompt]: the cache, the first logits [n, V] and the decoding step."""
+        n, width = len(prompts), max(p.embeds.shape[0] for p in prompts)
+        c, dev = prompts[0].embeds.shape[1], self.model.device
+        embeds = torch.zeros(n, width, c, dtype=prompts[0].embeds.dtype, device=dev)  # [n, W, C]
+        mask = torch.zeros(n, width, dtype=torch.long, device=dev)  # [n, W]
+        for i, p in enumerate(prompts):
+            t = p.embeds.shape[0]
+            embeds[i, width - t:], mask[i, width - t:] = p.embeds, 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [n, W]: each row counts from its first real token
+        cache = self.lm.new_cache()
+        logits = self.lm(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)  # [n, V]
+        return cache, logits, decoding.PaddedRows(self.lm, cache, mask, pos[:, -1])
+
+    def _shared_prefill(self, prompts: list[Prompt]):
+        """Rows [shared start | padding | rest] (one length of shared start): each distinct start is
+        prefilled once, then the rests after it, as `answer_groups` does for one pair's questions."""
+        plen = prompts[0].shared[1]
+        keys = list(dict.fromkeys(p.shared[0] for p in prompts))
+        first = {p.shared[0]: p for p in reversed(prompts)}
+        cache = self.lm.new_cache()
+        self.lm(cache, inputs_embeds=torch.stack([first[k].embeds[:plen] for k in keys]))  # [k, P, C]
+        cache.batch_select_indices(torch.tensor([keys.index(p.shared[0]) for p in prompts],
+                                                device=self.model.device))  # row r reads its start's cache
+        embeds, mask, pos = self._right_aligned([p.embeds[plen:] for p in prompts], plen)  # [n, W, C], [n, P + W], [n, W]
+        logits = self.lm(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)  # [n, V]
+        return cache, logits, decoding.PaddedRows(self.lm, cache, mask, pos[:, -1])
 
     def _answer_one(self, cache, embeds, question: str, max_new_tokens: int, on_text, sampling: dict) -> Answer:
         """Feed `embeds` [1, T, C] after `cache`, then decode one row (streamed to `on_text`)."""

@@ -218,6 +218,7 @@ def load_hf_vlm(name_or_path: str, dtype=None, image_size: int | None = None) ->
     if (local.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1) \
             and not local.exists():
         raise SageError(f"VLM path {name_or_path!r} does not exist")
+    _refuse_remote_code_layout(local)
     try:
         cfg = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as e:
@@ -265,3 +266,17 @@ def _processor_chat_template(path: str) -> str | None:
         return getattr(AutoProcessor.from_pretrained(path, local_files_only=True), "chat_template", None)
     except Exception:  # noqa: BLE001 - no processor saved: nothing to take a template from
         return None
+
+
+def _refuse_remote_code_layout(folder: Path) -> None:
+    """The published InternVL2 folders are remote code (model type internvl_chat), which sage never runs:
+    say how to convert them instead of transformers' "does not recognize this architecture"."""
+    import json
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type == "internvl_chat":
+        raise SageError(f"{folder}: the remote-code internvl_chat layout (the published InternVL2); convert it once "
+                        f"with `sage models convert {folder} --out DIR` and use DIR")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sage_cli.models.backbone import Backbone
-from sage_cli.models.comparison import nearest_similarity
+from sage_cli.models.comparison import nearest_similarity, reference_bank
 from sage_cli.models.fusion import Comparison, FactProjector, FusionAttention, pool_fact_embeddings
 
 REF, TEST, FACTS, QUESTION = "<sage:reference>", "<sage:test>", "<sage:facts>", "<sage:question>"
@@ -50,7 +50,7 @@ class Encoding:
     """What SAGE computes from the images and facts before any question is read."""
 
     v_t: torch.Tensor  # [B, P, C] test patches
-    v_r: torch.Tensor | None  # [B, P, C] reference patches; None = zero-shot
+    v_r: torch.Tensor | None  # [B, P, C] reference patches (the first reference's of several); None = zero-shot
     facts: list[list[str]]  # the sentences used (at most num_facts each)
     fact_tokens: list[torch.Tensor] | None  # per sample [L_i, C] after fusion + projection; None unless "fe"
     comparison: Comparison  # Eq. 1 (s [B, P] is None zero-shot)
@@ -61,6 +61,14 @@ class Encoding:
         return Encoding(rep(self.v_t), rep(self.v_r), [f for f in self.facts for _ in range(n)],
                         [t for t in self.fact_tokens for _ in range(n)] if self.fact_tokens is not None else None,
                         Comparison(rep(self.comparison.s), rep(self.comparison.idx)))
+
+    def sample(self, i: int) -> "Encoding":
+        """Sample i alone, as a batch of one (several requests encoded together, split back)."""
+        one = lambda t: t[i:i + 1] if t is not None else None  # noqa: E731
+        c = self.comparison
+        return Encoding(one(self.v_t), one(self.v_r), [self.facts[i]],
+                        [self.fact_tokens[i]] if self.fact_tokens is not None else None,
+                        Comparison(one(c.s), one(c.idx), one(c.fact_sim)))
 
 
 @dataclass
@@ -134,25 +142,45 @@ class SageModel(nn.Module):
 
     def encode(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None,
                facts: list[list[str]]) -> Encoding:
-        """Images [B, 3, H, W] (ref None = zero-shot) and fact sentences -> everything but the question."""
+        """Images [B, 3, H, W] (ref None = zero-shot) and fact sentences -> everything but the question.
+
+        ref_pixels [B, N, 3, H, W]: N normal references per sample; Eq. 1 compares with the union of
+        their patches (`encode_features`).
+        """
         with torch.no_grad():  # the vision encoder is frozen
             f_t = self.backbone.vision_features(test_pixels.to(self.device))  # [B, N, D]
-            f_r = self.backbone.vision_features(ref_pixels.to(self.device)) if ref_pixels is not None else None
+            f_r = None
+            if ref_pixels is not None and ref_pixels.dim() == 5:  # several references: one encoder batch
+                f_r = self.backbone.vision_features(ref_pixels.flatten(0, 1).to(self.device))  # [B * R, N, D]
+                f_r = f_r.unflatten(0, tuple(ref_pixels.shape[:2]))  # [B, R, N, D]
+            elif ref_pixels is not None:
+                f_r = self.backbone.vision_features(ref_pixels.to(self.device))
         return self.encode_features(f_t, f_r, facts)
 
     def encode_features(self, f_t: torch.Tensor, f_r: torch.Tensor | None, facts: list[list[str]]) -> Encoding:
-        """Like `encode`, from the frozen encoder's features [B, N, D] (training caches them)."""
+        """Like `encode`, from the frozen encoder's features [B, N, D] (training caches them).
+
+        f_r [B, R, N, D] holds R normal references per sample: Eq. 1 (the map, the K comparison patches,
+        their nearest reference patches, the peak) runs over the union of their patches
+        (`comparison.reference_bank`), while the prompt shows the first reference's patches only (the
+        one slot the model was trained with; `Encoding.v_r`). One reference, either shape, is today's.
+        """
         facts = [list(f[: self.num_facts]) for f in facts]
         v_t = self.backbone.adapt(f_t.to(self.device))  # [B, P, C]
-        v_r = self.backbone.adapt(f_r.to(self.device)) if f_r is not None else None
+        v_r = bank = None  # the reference the prompt shows [B, P, C]; every reference's patches [B, R * P, C]
+        if f_r is not None and f_r.dim() == 4:
+            v_all = self.backbone.adapt(f_r.flatten(0, 1).to(self.device)).unflatten(0, tuple(f_r.shape[:2]))
+            v_r, bank = v_all[:, 0], reference_bank(v_all)  # [B, R, P, C] -> [B, P, C], [B, R * P, C]
+        elif f_r is not None:
+            v_r = bank = self.backbone.adapt(f_r.to(self.device))
         fact_tokens = None
         if self.facts_mode == "fe" and any(facts):
             t_g, fact_mask = self.fact_embeddings(facts)  # [B, L, C], [B, L]
-            t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, v_r)  # [B, L, C]
+            t_s, cmp = self.fusion(t_g.to(v_t.dtype), v_t, bank)  # [B, L, C]
             t_s = self.projector(t_s, cmp.fact_sim)
             fact_tokens = [t_s[i][fact_mask[i]] for i in range(len(facts))]  # real facts only: [L_i, C]
-        elif v_r is not None:
-            s, _ = nearest_similarity(v_t, v_r)  # the anomaly map is shown whatever the facts mode
+        elif bank is not None:
+            s, _ = nearest_similarity(v_t, bank)  # the anomaly map is shown whatever the facts mode
             cmp = Comparison(s, None)
         else:
             cmp = Comparison(None, None)
@@ -208,6 +236,14 @@ class SageModel(nn.Module):
         ids = self.backbone.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return self.backbone.embed_tokens(ids.to(self.device))
 
+    def answer_piece(self, answer: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training target: the answer and the end-of-turn token as embeddings [T, C] and their ids [T]
+        (the labels). Training's plain batches (`assemble`) and packed ones (train/packing.py) share it."""
+        tok = self.backbone.tokenizer
+        ids = tok(answer.strip() + tok.eos_token, add_special_tokens=False,
+                  return_tensors="pt")["input_ids"][0].to(self.device)
+        return self.backbone.embed_tokens(ids).to(dtype), ids
+
     def build(self, test_pixels: torch.Tensor, ref_pixels: torch.Tensor | None, questions: list[str],
               facts: list[list[str]] | None = None, answers: list[str] | None = None,
               padding_side: str = "right") -> SageBatch:
@@ -223,15 +259,13 @@ class SageModel(nn.Module):
     def assemble(self, enc: Encoding, questions: list[str], answers: list[str] | None = None,
                  padding_side: str = "right") -> SageBatch:
         """Sample i of `enc` with questions[i] (and answers[i]) -> the padded batch the LLM sees."""
-        tok = self.backbone.tokenizer
         seqs, labs, poss = [], [], []
         for i, question in enumerate(questions):
             pieces, _, images = self.prompt_layout(enc, i, question)
             labels = [torch.full((p.shape[0],), IGNORE, dtype=torch.long, device=self.device) for p in pieces]
             if answers is not None:
-                ids = tok(answers[i].strip() + tok.eos_token, add_special_tokens=False,
-                          return_tensors="pt")["input_ids"][0].to(self.device)
-                pieces.append(self.backbone.embed_tokens(ids).to(enc.v_t.dtype))
+                answer, ids = self.answer_piece(answers[i], enc.v_t.dtype)
+                pieces.append(answer)
                 labels.append(ids)
                 images.append(False)
             seqs.append(torch.cat(pieces))  # [T_i, C]

@@ -29,6 +29,7 @@ class Metrics:
         self._ttft = [0] * len(TTFT_BUCKETS)
         self._ttft_sum, self._ttft_count = 0.0, 0
         self._queue_depth, self._running = queue_depth, running
+        self._batch_sum, self._batch_count = 0, 0
 
     def request(self, method: str, path: str, status: int | None) -> None:
         key = (method if method in ("GET", "POST") else "other", route_label(path), str(status or 0))
@@ -47,10 +48,16 @@ class Metrics:
             self._ttft_sum += seconds
             self._ttft_count += 1
 
+    def batch(self, size: int) -> None:
+        with self._lock:
+            self._batch_sum += size
+            self._batch_count += 1
+
     def render(self) -> str:
         with self._lock:
             requests, errors = dict(self._requests), dict(self._errors)
             ttft, ttft_sum, ttft_count = list(self._ttft), self._ttft_sum, self._ttft_count
+            batch_sum, batch_count = self._batch_sum, self._batch_count
         out = ["# HELP sage_requests_total HTTP requests answered, by method, route and status.",
                "# TYPE sage_requests_total counter"]
         for (method, route, status), n in sorted(requests.items()):
@@ -69,5 +76,7 @@ class Metrics:
             le = "+Inf" if math.isinf(b) else f"{b:g}"
             out.append(f'sage_time_to_first_token_seconds_bucket{{le="{le}"}} {n}')
         out += [f"sage_time_to_first_token_seconds_sum {ttft_sum:.6f}",
-                f"sage_time_to_first_token_seconds_count {ttft_count}"]
+                f"sage_time_to_first_token_seconds_count {ttft_count}",
+                "# HELP sage_batch_size Requests decoded together in one batch.", "# TYPE sage_batch_size summary",
+                f"sage_batch_size_sum {batch_sum}", f"sage_batch_size_count {batch_count}"]
         return "\n".join(out) + "\n"

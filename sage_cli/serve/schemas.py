@@ -74,6 +74,12 @@ class AnomalySummary(BaseModel):
 class SageResult(BaseModel):
     p_yes: float
     anomaly: Optional[AnomalySummary] = None
+    # with a checkpoint calibrated by `sage calibrate` (models/calibration.detect), one-shot only
+    p_defect: Optional[float] = Field(None, description="calibrated P(defect) of the image pair (a calibrated "
+                                      "checkpoint, with a reference image); p_yes stays the raw first-token P(yes)")
+    verdict: Optional[Literal["defect", "normal"]] = Field(None, description="p_defect at the checkpoint's stored "
+                                                          "threshold")
+    threshold: Optional[float] = Field(None, description="the stored threshold the verdict uses")
 
 
 class AssistantMessage(BaseModel):

@@ -3,7 +3,7 @@
 `make_server` binds the socket at once (so `.url` is known and a busy port fails before the model is
 used), `serve_forever()` runs uvicorn on it until `shutdown()` (another thread) or SIGINT/SIGTERM (the
 main thread), and `server_close()` stops the model worker and closes the socket. One model worker
-runs the requests one at a time from a bounded queue (`worker.py`).
+decodes the waiting requests together, from a bounded queue (`worker.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sage_cli.serve.app import ServeState, build_app
 from sage_cli.serve.generate import Runner
 from sage_cli.serve.metrics import Metrics
 from sage_cli.serve.protocol import Limits
-from sage_cli.serve.worker import Worker
+from sage_cli.serve.worker import DEFAULT_MAX_BATCH, Worker
 
 IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
 BACKLOG = 2048  # the listen queue: a burst of connections waits instead of being reset
@@ -30,15 +30,16 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 def make_server(engine, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
                 api_key: str | None = None, limits: Limits | None = None, llm_only: bool = False,
                 quiet: bool = False, log=None, max_queue: int = DEFAULT_MAX_QUEUE,
-                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> "SageServer":
+                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, max_batch: int = DEFAULT_MAX_BATCH) -> "SageServer":
     """A bound server (port 0 = a free one; see `.url`): `serve_forever()`, then `shutdown()` and `server_close()`.
 
     `log` is a text stream for one line per request and engine failures (default: sys.stderr at the time
     of writing); `quiet` drops the request lines only. `max_queue` requests may wait for the model
-    (past it: 503 with Retry-After); a request gets `request_timeout_s` seconds, waiting included (504).
+    (past it: 503 with Retry-After); a request gets `request_timeout_s` seconds, waiting included (504);
+    up to `max_batch` waiting requests are decoded together.
     """
     return SageServer(host, port, Runner(engine, limits or Limits()), model_name or engine.backbone_name,
-                      api_key or None, llm_only, quiet, log, max_queue, request_timeout_s)
+                      api_key or None, llm_only, quiet, log, max_queue, request_timeout_s, max_batch)
 
 
 def is_loopback(host: str) -> bool:
@@ -75,11 +76,13 @@ class SageServer:
 
     def __init__(self, host, port, runner: Runner, model_name: str, api_key: str | None, llm_only: bool,
                  quiet: bool, log, max_queue: int = DEFAULT_MAX_QUEUE,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, max_batch: int = DEFAULT_MAX_BATCH):
         import uvicorn
 
         if max_queue < 1:
             raise SageError("--max-queue must be at least 1")
+        if max_batch < 1:
+            raise SageError("--max-batch must be at least 1")
         if not request_timeout_s > 0:
             raise SageError("--request-timeout must be above 0")
         self.host, self.quiet, self._log = host, quiet, log
@@ -98,9 +101,10 @@ class SageServer:
                                 api_key=api_key.encode("utf-8") if api_key else None,  # never logged nor echoed
                                 llm_only=llm_only, request_timeout_s=float(request_timeout_s),
                                 write_log=self.write_log)
-        self.state.worker = Worker(runner, max_queue, log=lambda line: self.write_log(line, always=True))
+        self.state.worker = Worker(runner, max_queue, log=lambda line: self.write_log(line, always=True),
+                                   max_batch=max_batch)
         self.state.metrics = Metrics(queue_depth=lambda: self.state.worker.depth,
-                                     running=lambda: int(self.state.worker.running is not None))
+                                     running=lambda: len(self.state.worker.running))
         self.state.worker.metrics = self.state.metrics
         config = uvicorn.Config(build_app(self.state), log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", backlog=BACKLOG, timeout_keep_alive=IDLE_TIMEOUT_S,

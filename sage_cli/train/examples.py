@@ -12,6 +12,7 @@ cache and the facts (both keyed by the image's sha256) read a file path either w
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class SFEExample:
     question: str
     answer: str  # the best-ranked option (A1), or Yes./No. when a question has no options
     facts: list[str] = field(default_factory=list)
+    prefix: str | None = None  # key of the prompt prefix it shares (`share_prefixes`); None: runs alone
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PairExample:
     delta_h: float
     kind: str  # "min" or "max" (Eq. 5)
     facts: list[str] = field(default_factory=list)
+    prefix: str | None = None  # key of the prompt prefix it shares (`share_prefixes`); None: runs alone
 
 
 def _image(root: Path, rel: str | None, where: str) -> Path | None:
@@ -184,3 +187,37 @@ def pair_examples(pairs_path: str | Path, root: str | Path | None, facts: FactsI
     if not out:
         raise SageError(f"{pairs_path}: no preference pairs to train on")
     return out
+
+
+# ---- shared prefixes ----------------------------------------------------------------------------------
+
+
+def prefix_key(example) -> str:
+    """What decides an example's prompt before its question: the test image, the reference, the facts.
+    Examples with the same key share those tokens exactly (the encoder's features are a function of the
+    image file, the fused fact tokens of the features and the sentences)."""
+    ref = str(example.reference) if example.reference is not None else None
+    return hashlib.sha256(json.dumps([str(example.test), ref, list(example.facts)]).encode()).hexdigest()[:16]
+
+
+def share_prefixes(examples: list) -> list:
+    """The examples with their `prefix` keys set, reordered so that examples sharing a prefix are
+    consecutive, and within them those sharing a question (E-DPO's ΔH_min and ΔH_max pairs).
+
+    The order is otherwise kept (a stable sort on first appearance): a training order that cuts the list
+    into consecutive blocks (setup.epoch_batches) then puts a group's questions, or a question's pairs,
+    into one micro-batch, where the objective runs their prefix once.
+    """
+    first: dict = {}
+    for e in examples:
+        e.prefix = prefix_key(e)
+        first.setdefault(e.prefix, len(first))
+        first.setdefault((e.prefix, e.question), len(first))
+    return sorted(examples, key=lambda e: (first[e.prefix], first[(e.prefix, e.question)]))
+
+
+def run_alone(examples: list) -> None:
+    """Clear the examples' prefix keys in place: the objectives then run each sequence on its own, in the
+    order the keys gave (the baseline that shared-prefix training is compared with, same batches)."""
+    for e in examples:
+        e.prefix = None

@@ -57,7 +57,9 @@ def _no_training_data(stage: str) -> str:
 
 
 def load_examples(stage: str, recipe) -> tuple[list, list]:
-    """The training and validation examples of the stage (SFE: QA groups; E-DPO: preference pairs)."""
+    """The training and validation examples of the stage (SFE: QA groups; E-DPO: preference pairs).
+    With train.shared_prefix, examples that share a prompt prefix are keyed and put next to each other
+    (examples.share_prefixes), so the objective can run that prefix once per micro-batch."""
     d = recipe.data
     if not d.train:
         raise SageError(_no_training_data(stage))
@@ -67,8 +69,10 @@ def load_examples(stage: str, recipe) -> tuple[list, list]:
 
     def read(path) -> list:
         if stage == "sfe":
-            return ex.sfe_examples(path, d.root, facts, d.shots)
-        return ex.pair_examples(path, d.root, facts, d.shots, recipe.edpo.pairs)
+            out = ex.sfe_examples(path, d.root, facts, d.shots)
+        else:
+            out = ex.pair_examples(path, d.root, facts, d.shots, recipe.edpo.pairs)
+        return ex.share_prefixes(out) if recipe.train.shared_prefix else out
 
     return read(d.train), read(d.val) if d.val else []
 
@@ -87,6 +91,7 @@ class Plan:
     steps_per_epoch: int  # optimizer steps
     total_steps: int
     seed: int = 0  # of the data order
+    block: int = 1  # consecutive examples kept together by the shuffle (train.shared_prefix: a micro-batch)
     trainable: dict = field(default_factory=dict)  # part -> trainable parameter count
     frozen: dict = field(default_factory=dict)
 
@@ -97,27 +102,45 @@ class Plan:
 
 def make_plan(stage: str, n: int, n_val: int, recipe, world: int) -> Plan:
     tc = recipe.train
+    block = tc.batch_size if tc.shared_prefix else 1
     if n == 0:  # a dry run without data: the plan has the model's side only
-        return Plan(stage, 0, n_val, world, tc.batch_size, tc.grad_accum, 0, 0, seed=tc.seed)
+        return Plan(stage, 0, n_val, world, tc.batch_size, tc.grad_accum, 0, 0, seed=tc.seed, block=block)
     micro = math.ceil(n / (tc.batch_size * world))  # micro-batches per process and epoch
     if micro < tc.grad_accum:  # no whole optimizer step in an epoch: the run would never end
         raise SageError(f"{n} training examples make {micro} micro-batch(es) of {tc.batch_size} per process and epoch, "
                         f"fewer than train.grad_accum={tc.grad_accum}: lower train.grad_accum or train.batch_size")
     per_epoch = micro // tc.grad_accum
     total = tc.max_steps if tc.max_steps else per_epoch * tc.epochs
-    return Plan(stage, n, n_val, world, tc.batch_size, tc.grad_accum, per_epoch, total, seed=tc.seed)
+    return Plan(stage, n, n_val, world, tc.batch_size, tc.grad_accum, per_epoch, total, seed=tc.seed, block=block)
 
 
-def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, world: int, rank: int) -> list[list[int]]:
+def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, world: int, rank: int,
+                  block: int = 1) -> list[list[int]]:
     """This process's micro-batches of one epoch: a seeded permutation cut into global batches of
     batch_size * world; process `rank` takes slice `rank` of each. The last global batch is filled by
-    wrapping around, so every process runs the same number of steps (DDP needs that)."""
+    wrapping around, so every process runs the same number of steps (DDP needs that).
+
+    With `block` > 1 the permutation moves runs of `block` consecutive examples (`block_order`)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist() if block == 1 else block_order(n, block, g)
     glob = batch_size * world
     if len(order) % glob:
         order += order[: glob - len(order) % glob]
     return [order[i + rank * batch_size: i + (rank + 1) * batch_size] for i in range(0, len(order), glob)]
+
+
+def block_order(n: int, block: int, g: torch.Generator) -> list[int]:
+    """0..n-1 as whole runs of `block` consecutive indices in a seeded order; the one shorter run (n not a
+    multiple of `block`) goes last, so that every other run stays one micro-batch of batch_size = block.
+
+    Consecutive examples share a prompt prefix (examples.share_prefixes): a micro-batch then holds one
+    QA group's questions, or one question's pairs, as far as they fit. The runs are the same every
+    epoch; their order is not.
+    """
+    whole = n // block
+    runs = [list(range(b * block, (b + 1) * block)) for b in torch.randperm(whole, generator=g).tolist()]
+    runs.append(list(range(whole * block, n)))
+    return [i for run in runs for i in run]
 
 
 @dataclass
@@ -137,7 +160,7 @@ def steps(plan: Plan, rank: int, start: dict = START) -> Iterator[Step]:
     fill a whole step are dropped, so the same examples never land in two steps."""
     number, epoch, skip = start["step"], start["epoch"], start["batch"]
     while number < plan.total_steps:
-        batches = epoch_batches(plan.examples, plan.seed, epoch, plan.batch_size, plan.world_size, rank)
+        batches = epoch_batches(plan.examples, plan.seed, epoch, plan.batch_size, plan.world_size, rank, plan.block)
         usable = len(batches) - len(batches) % plan.grad_accum  # whole optimizer steps only
         for b in range(skip, usable, plan.grad_accum):
             if number == plan.total_steps:

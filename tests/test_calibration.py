@@ -1,0 +1,258 @@
+"""`sage calibrate CKPT --on VAL`: a logistic P(defect) from P(yes) and the anomaly map, fitted on synthetic
+validation pairs only, stored in the checkpoint's config and reported by infer and bench.
+
+Fast tests use a tiny random VLM on real-photo and generated synthetic pairs; the slow ones run the
+shipped sage-smol (its stored calibration on the bundled pair, and a fit of its own on a small set).
+"""
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sage_cli.cli import run
+from sage_cli.errors import SageError
+from sage_cli.models import calibration as cal
+from sage_cli.models import checkpoint
+from sage_cli.models.engine import Engine
+from tiny_models import save_tiny_internvl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PHOTOS = checkpoint.shipped_dir().parent / "hazelnut_sample" / "hazelnut" / "train" / "good"
+PAIR = checkpoint.shipped_dir().parent / "hazelnut_pair"
+QUESTION = "Is there any defect on the test object?"
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    return save_tiny_internvl(tmp_path_factory.mktemp("internvl"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_vlm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    return checkpoint.save(Engine.load(str(tiny_vlm)).model, out, backbone=str(tiny_vlm))
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory):
+    """A small synthetic VAL: generated washers and two real hazelnut train photos (never a test photo, never
+    the bundled pair's reference 00.jpg), with stains and holes drawn on them by `sage data synth`."""
+    tmp = tmp_path_factory.mktemp("val")
+    assert run(["data", "normals", "--out", str(tmp / "normals"), "--categories", "washer", "--count", "3",
+                "--test-count", "2", "--image-size", "64"]) == 0
+    src = tmp / "src"
+    shutil.copytree(tmp / "normals" / "washer", src / "washer")
+    (src / "hazelnut" / "train" / "good").mkdir(parents=True)
+    (src / "hazelnut" / "test" / "good").mkdir(parents=True)
+    shutil.copy(PHOTOS / "01.jpg", src / "hazelnut" / "train" / "good" / "01.jpg")
+    shutil.copy(PHOTOS / "02.jpg", src / "hazelnut" / "test" / "good" / "02.jpg")
+    assert run(["data", "synth", "--from", str(src), "--out", str(tmp / "val"), "--kinds", "stain,hole",
+                "--image-size", "64", "--size", "large", "--seed", "3"]) == 0
+    return tmp / "val"
+
+
+# ---------------------------------------------------------------------------------------------- the math
+
+
+def test_fit_recovers_a_known_logistic_line():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0], dtype=torch.float64)
+    p = torch.sigmoid(1.5 * x[:, 0] - 0.5 * x[:, 1] + 0.3)
+    y = (torch.rand(4000, generator=g, dtype=torch.float64) < p).tolist()
+    w, b = cal.fit(x.tolist(), y, l2=0.0, balanced=False)
+    assert w == pytest.approx([1.5, -0.5], abs=0.12) and b == pytest.approx(0.3, abs=0.12)
+    with pytest.raises(ValueError, match="both classes"):
+        cal.fit([[0.0], [1.0]], [True, True])
+
+
+def test_balanced_fit_ignores_how_many_defects_val_has():
+    # the same two clouds, one with ten times more defects: the balanced line stays where it was
+    normal, defect = [[-1.0 + 0.1 * i] for i in range(10)], [[1.0 - 0.1 * i] for i in range(10)]
+    w1, b1 = cal.fit(normal + defect, [False] * 10 + [True] * 10)
+    w2, b2 = cal.fit(normal + defect * 10, [False] * 10 + [True] * 100)
+    assert -b1 / w1[0] == pytest.approx(-b2 / w2[0], abs=1e-6)  # the 0.5 point
+
+
+def test_apply_reads_p_yes_and_the_map():
+    c = {"format": cal.FORMAT, "features": ["logit_p_yes", "log_map_max"], "weights": [1.0, 2.0],
+         "bias": 0.5, "threshold": 0.5, "question": QUESTION}
+    p, defective = cal.apply(c, 0.7, {"max": 0.1, "mean": 0.01})
+    z = math.log(0.7 / 0.3) + 2 * math.log(0.1) + 0.5
+    assert p == pytest.approx(1 / (1 + math.exp(-z))) and defective is (p >= 0.5)
+    assert cal.apply(None, 0.7, {"max": 0.1, "mean": 0.01}) == (None, None)  # uncalibrated
+    assert cal.apply(c, 0.7, None) == (None, None)  # zero-shot: no map
+    assert cal.apply(c, None, {"max": 0.1, "mean": 0.01}) == (None, None)  # no yes/no tokens
+    assert cal.apply({**c, "threshold": 0.01}, 0.7, {"max": 0.1, "mean": 0.01})[1] is True
+    top = {**c, "features": ["log_map_top4"], "weights": [1.0]}
+    assert cal.apply(top, 0.5, {"max": 0.4, "mean": 0.1}) == (None, None)  # needs the whole map
+    p4, _ = cal.apply(top, 0.5, {"max": 0.4, "mean": 0.1, "map": [[0.4, 0.2], [0.1, 0.1]]})
+    assert p4 == pytest.approx(1 / (1 + math.exp(-(math.log(0.2) + 0.5))))
+    with pytest.raises(SageError, match="unknown feature"):
+        cal.check({**c, "features": ["nope", "log_map_max"]})
+
+
+# ---------------------------------------------------------------------------------------------- the key
+
+
+def test_the_stored_key_round_trips_in_place_and_in_a_copy(tiny_ckpt, tmp_path):
+    src = Path(shutil.copytree(tiny_ckpt, tmp_path / "ckpt"))
+    before = checkpoint.read_config(src)
+    c = {"format": cal.FORMAT, "features": ["log_map_max"], "weights": [2.0], "bias": 1.0, "threshold": 0.5}
+    assert checkpoint.read_calibration(src) is None
+    copy = checkpoint.write_calibration(src, c, tmp_path / "calibrated")
+    assert checkpoint.read_calibration(copy) == c and checkpoint.read_calibration(src) is None
+    assert {k: v for k, v in checkpoint.read_config(copy).items() if k != "calibration"} == before
+    assert (copy / checkpoint.WEIGHTS).read_bytes() == (src / checkpoint.WEIGHTS).read_bytes()
+    assert checkpoint.write_calibration(src, {**c, "bias": 2.0}) == src  # in place
+    assert checkpoint.read_calibration(src)["bias"] == 2.0
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in tiny_ckpt.iterdir())  # no temp files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(SageError, match="not a checkpoint"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "x.txt").write_text("x")
+        checkpoint.write_calibration(src, c, tmp_path / "other")
+    with pytest.raises(SageError, match="inside the checkpoint"):
+        checkpoint.write_calibration(src, c, src / "sub")
+
+
+def test_val_pairs_never_use_the_image_a_defect_was_drawn_on(val):
+    pairs, fmt, _ = cal.labelled_pairs(val)
+    sources = cal._synth_sources(val)
+    assert fmt == "mvtec" and sources
+    for p in pairs:
+        rel = p.test.relative_to(val).as_posix()
+        if rel in sources:
+            assert p.reference.relative_to(val).as_posix() != sources[rel]
+    limited, _, _ = cal.labelled_pairs(val, limit=1)
+    assert len(limited) == 4 and sum(p.defective for p in limited) == 2  # 1 normal + 1 defect per category
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_calibrate_stores_the_fit_and_infer_reports_it(tiny_ckpt, val, tmp_path, capsys):
+    out = tmp_path / "calibrated"
+    rc = run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--limit", "3", "--rows",
+              str(tmp_path / "rows.jsonl")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "calibrated" in text and "P(defect) = sigmoid(" in text and "on VAL: AUROC" in text
+    c = checkpoint.read_calibration(out)
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {"p_yes", "map_max", "map_mean", "features", "defective", "category"} <= set(rows[0])
+    w, b = cal.fit([r["features"] for r in rows], [r["defective"] for r in rows])  # refit from the rows alone
+    assert w == pytest.approx(c["weights"]) and b == pytest.approx(c["bias"])
+    assert c["format"] == cal.FORMAT and c["features"] == list(cal.DEFAULT_FEATURES) and len(c["weights"]) == 2
+    assert c["val"]["name"] == "val" and c["val"]["pairs"] == 8 and c["val"]["normal"] == 3
+    assert set(c["val"]["categories"]) == {"hazelnut", "washer"} and c["threshold"] == 0.5 and c["date"]
+    m = c["metrics"]
+    assert {"auroc_p_yes", "auroc_map_max", "auroc_calibrated", "raw_at_0.5", "at_threshold",
+            "leave_one_category_out"} <= set(m)
+    assert checkpoint.read_calibration(tiny_ckpt) is None  # --out: the source is untouched
+    # infer: the calibrated P(defect) beside the raw P(yes), per answer to the calibration's question
+    test, ref = val / "washer" / "test" / "hole" / "000.png", val / "washer" / "train" / "good" / "000.png"
+    args = ["infer", str(test), str(ref), "--checkpoint", str(out), "--max-new-tokens", "2"]
+    assert run(args + ["--json", "-q", QUESTION, "-q", "Where is it?"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    d = rep["detection"]
+    assert d["question"] == QUESTION and 0.0 <= d["p_defect"] <= 1.0 and d["verdict"] in ("defect", "normal")
+    assert d["p_yes"] == rep["answers"][0]["p_yes"]  # the raw P(yes) is kept as it is
+    want, _ = cal.apply(c, d["p_yes"], rep["anomaly"])
+    assert d["p_defect"] == pytest.approx(want)
+    assert rep["answers"][0]["p_defect"] == d["p_defect"] and "p_defect" not in rep["answers"][1]
+    assert d["calibration"]["val"] == "val" and d["calibration"]["pairs"] == 8
+    assert run(args + ["--json", "-q", "Where is it?"]) == 0  # not asked: read once more, same figure
+    assert json.loads(capsys.readouterr().out)["detection"]["p_defect"] == pytest.approx(d["p_defect"], abs=1e-5)
+    assert run(args) == 0
+    assert f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']}" in capsys.readouterr().out
+    assert run(["infer", str(test), "--checkpoint", str(out), "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detection"] is None  # zero-shot: no map, no calibrated verdict
+
+
+def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_path, capsys):
+    out = tmp_path / "calibrated"
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--limit", "2"]) == 0
+    capsys.readouterr()
+    rc = run(["bench", "mvtec", "--root", str(val), "--checkpoint", str(out), "--limit", "2", "--no-sbert",
+              "--no-plots", "--max-new-tokens", "2", "--out", str(tmp_path / "run"),
+              "--detect-question", QUESTION])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    m = res["metrics"]
+    assert m["calibrated"]["n"] == m["auroc_groups"] > 0 and "p_defect" in m["detection"]
+    assert 0.0 <= m["calibrated"]["accuracy"] <= 1.0 and res["calibration"]["val"] == "val"
+    assert "calibrated P(defect)" in err and "accuracy at the stored threshold" in err
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    scored = [s for s in samples if "p_defect" in s]
+    assert scored and all(s["defect_verdict"] == (s["p_defect"] >= 0.5) for s in scored)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no_pairs", "no labelled one-shot pairs"),
+    ("one_class", "all 1 labelled pairs are normal"),
+    ("no_ckpt", "checkpoint directory not found"),
+    ("no_val", "no such file or directory"),
+    ("feature", "unknown feature 'nope'"),
+    ("threshold", "--threshold must be between 0 and 1"),
+])
+def test_bad_inputs_are_one_line(case, match, tiny_ckpt, tmp_path, capsys):
+    from conftest import write_image
+
+    val = tmp_path / "val"
+    write_image(val / "widget" / "train" / "good" / "000.png")  # train images only: nothing labelled to test
+    args = ["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(tmp_path / "out")]
+    if case == "one_class":
+        write_image(val / "widget" / "test" / "good" / "000.png")
+    elif case == "no_ckpt":
+        args[1] = str(tmp_path / "nowhere")
+    elif case == "no_val":
+        args[3] = str(tmp_path / "novalset")
+    elif case == "feature":
+        args += ["--features", "nope"]
+    elif case == "threshold":
+        args += ["--threshold", "1.5"]
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- sage-smol
+
+
+@pytest.mark.slow
+def test_the_shipped_model_fits_on_a_small_synthetic_set(val, tmp_path, capsys):
+    out = tmp_path / "smol"
+    assert run(["calibrate", "sage-smol", "--on", str(val), "--out", str(out), "--limit", "2", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)
+    assert c == checkpoint.read_calibration(out) and c["val"]["pairs"] == 7
+    assert (out / "facts.txt").is_file() and (out / "MODEL_CARD.md").is_file()  # a whole checkpoint copy
+
+
+shipped_calibration = checkpoint.read_calibration(checkpoint.shipped_dir()) if (
+    checkpoint.shipped_dir() / checkpoint.CONFIG).is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shipped_calibration is None, reason="the shipped sage-smol carries no calibration")
+def test_make_infer_bundled_pair_under_the_shipped_calibration(capsys):
+    """`make infer`'s crack and the bundled normal photo under the calibration shipped in sage-smol's config
+    (fitted on synthetic pairs only: recipes/release/sage-smol.sh calibrate). The issue's goal, P(defect)
+    >= 0.8 on the crack and <= 0.2 on the normal photo, is NOT reached by a fit on synthetic pairs (0.55 and
+    0.33 with the 2026-12-05 calibration): what it reaches is pinned here, both verdicts right at the stored
+    threshold and the crack clearly above the normal photo."""
+    got = {}
+    for name in ("crack", "good"):
+        assert run(["infer", str(PAIR / f"{name}.jpg"), str(PAIR / "reference.jpg"), "-q", QUESTION, "--json",
+                    "--max-new-tokens", "8"]) == 0
+        got[name] = json.loads(capsys.readouterr().out)["detection"]
+    assert got["crack"]["verdict"] == "defect" and got["good"]["verdict"] == "normal", got
+    assert got["crack"]["p_defect"] - got["good"]["p_defect"] >= 0.15, got
+    assert got["crack"]["p_yes"] == pytest.approx(0.504, abs=0.02)  # the raw P(yes) is reported unchanged
+    c = shipped_calibration
+    assert "hazelnut_pair" not in c["val"]["path"] and "test" not in Path(c["val"]["path"]).name
