@@ -161,9 +161,12 @@ class Inference:
         if d is None:
             return None
         val = (self.calibration or {}).get("val") or {}
+        fitted, given = (self.calibration or {}).get("shots", 1), len(self.inputs.references)
+        other = (f"; fitted on {fitted}-reference maps, this one has {given}: `sage calibrate --shots {given}` "
+                 "fits these" if given != fitted else "")
         return (f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']} (threshold {d['threshold']:.2f}; raw "
                 f"P(yes) {d['p_yes']:.2f} to {d['question']!r}; calibrated on {val.get('pairs')} pairs of "
-                f"{val.get('name')})")
+                f"{val.get('name')}{other})")
 
     def anomaly_line(self) -> str | None:
         """Where the map peaks, in words and patches; None zero-shot."""

@@ -173,15 +173,18 @@ def test_calibrate_stores_the_fit_and_infer_reports_it(tiny_ckpt, val, tmp_path,
     assert json.loads(capsys.readouterr().out)["detection"] is None  # zero-shot: no map, no calibrated verdict
 
 
-def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_path, capsys):
+def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich would wrap the table's labels on an 80-column page
     out = tmp_path / "calibrated"
     assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--limit", "2"]) == 0
     capsys.readouterr()
     rc = run(["bench", "mvtec", "--root", str(val), "--checkpoint", str(out), "--limit", "2", "--no-sbert",
               "--no-plots", "--max-new-tokens", "2", "--out", str(tmp_path / "run"),
               "--detect-question", QUESTION])
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     assert rc == 0, err
+    assert "P(defect), calibrated" in printed.out  # its row in the detection table
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     m = res["metrics"]
     assert m["calibrated"]["n"] == m["auroc_groups"] > 0 and "p_defect" in m["detection"]
@@ -192,7 +195,35 @@ def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_pat
     assert scored and all(s["defect_verdict"] == (s["p_defect"] >= 0.5) for s in scored)
 
 
+def test_shots_fit_maps_with_that_many_references(tiny_ckpt, val, tmp_path, capsys):
+    """--shots 2: each pair gets a second normal reference drawn as bench --shots draws them, the fit is
+    stored with "shots": 2, and infer with one reference says its map is of another kind."""
+    washers = tmp_path / "washers"
+    shutil.copytree(val / "washer", washers / "washer")
+    shutil.copy(val / "synth.jsonl", washers / "synth.jsonl")  # keeps the defects' sources out of the references
+    pairs, _, _ = cal.labelled_pairs(washers, shots=2)
+    sources = cal._synth_sources(washers)  # defect image -> the normal image it was drawn on
+    for p in pairs:
+        own = sources.get(p.test.relative_to(washers).as_posix())
+        assert len(set(p.references)) == 2 and p.test not in p.references
+        assert own is None or washers / own not in p.references
+    assert [p.more for p in pairs] == [p.more for p in cal.labelled_pairs(washers, shots=2)[0]]  # seeded
+    out, rows = tmp_path / "two", tmp_path / "rows.jsonl"
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(washers), "--out", str(out), "--shots", "2", "--rows",
+                str(rows)]) == 0
+    assert "2 references each" in capsys.readouterr().out
+    assert checkpoint.read_calibration(out)["shots"] == 2
+    assert all(len(json.loads(line)["more_references"]) == 1 for line in rows.read_text().splitlines())
+    test, ref = washers / "washer" / "test" / "hole" / "000.png", washers / "washer" / "train" / "good" / "000.png"
+    assert run(["infer", str(test), str(ref), "--checkpoint", str(out), "--max-new-tokens", "2"]) == 0
+    assert "fitted on 2-reference maps, this one has 1" in capsys.readouterr().out
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(tmp_path / "three"), "--shots", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "find fewer than 3 normal references" in err and not (tmp_path / "three").exists()
+
+
 @pytest.mark.parametrize("case, match", [
+    ("shots", "--shots must be 1 or more"),
     ("no_pairs", "no labelled one-shot pairs"),
     ("one_class", "all 1 labelled pairs are normal"),
     ("no_ckpt", "checkpoint directory not found"),
@@ -216,6 +247,8 @@ def test_bad_inputs_are_one_line(case, match, tiny_ckpt, tmp_path, capsys):
         args += ["--features", "nope"]
     elif case == "threshold":
         args += ["--threshold", "1.5"]
+    elif case == "shots":
+        args += ["--shots", "0"]
     assert run(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1

@@ -351,6 +351,20 @@ def test_a_resumed_run_repeats_the_uninterrupted_ones_losses(data, tmp_path):
         assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), f"step {s}"
 
 
+def test_the_plan_says_how_prompts_run(data, capsys):
+    """The plan printed before training says whether each prompt runs once (and on how many prompts the
+    examples sit) or each sequence alone."""
+    from sage_cli.cli import run
+
+    args = ["train", "sfe", f"model.backbone={data['vlm']}", "--train", str(data["qa"]), "--facts",
+            str(data["facts"]), "--root", str(data["images"]), "--dry-run"]
+    assert run(args) == 0
+    err = capsys.readouterr().err
+    assert "shared prefix: 12 examples on 4 prompts; each prompt runs once per micro-batch (sdpa, packed)" in err
+    assert run([*args, "train.shared_prefix=false"]) == 0
+    assert "shared prefix: off (train.shared_prefix=false): each sequence runs alone" in capsys.readouterr().err
+
+
 # ---- 2-process DDP ------------------------------------------------------------------------------------
 
 

@@ -302,6 +302,21 @@ def test_train_speed_measures_each_pair_in_one_run(world):
     on, off = res["epochs_with_cache"], res["epochs_without_cache"]
     assert len(on["epoch_s"]) == len(off["epoch_s"]) == 2
     assert on["cache"]["hits"] > 0 and off["cache"]["hits"] == 0
+    # batch 2 of 5-question groups: some micro-batches straddle two groups; the baselines run alone
+    assert 1.0 <= res["sfe"]["prompts_per_batch"] <= 2.0 and res["sfe_alone"]["prompts_per_batch"] is None
+
+
+def test_the_long_prefix_backbone_has_the_image_tokens_asked(tmp_path):
+    """`sage bench speed train --long-prefix N`: a random InternVL-shaped backbone whose test + reference
+    make about N prompt tokens, loaded as any InternVL folder."""
+    from sage_cli.bench.long_prefix import save_long_prefix_vlm
+    from sage_cli.models.registry import load_backbone
+
+    shape = save_long_prefix_vlm(tmp_path / "vlm", 200)
+    assert (shape["image_side"], shape["image_tokens"]) == (280, 200)  # 20x20 patches -> 10x10 tokens each
+    backbone = load_backbone(str(tmp_path / "vlm"))
+    assert backbone.patch_grid == (10, 10)
+    assert len(backbone.tokenizer("Is the flaw a fracture?")["input_ids"]) < 10  # SmolLM2's BPE, not bytes
 
 
 def test_edpo_starts_from_the_shipped_checkpoint_by_name(tmp_path, capsys):

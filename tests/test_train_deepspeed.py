@@ -29,6 +29,7 @@ def runs(world):  # noqa: F811
 
 def test_zero2_partitions_the_optimizer_states_and_ranks_agree(runs):
     assert "DeepSpeed ZeRO-2" in runs["zero_err"] and "2 process(es)" in runs["zero_err"]
+    assert "each prompt runs once per micro-batch" in runs["zero_err"]  # the shared-prefix (packed) path
     r0, r1 = _ranks(runs["zero"])
     z0, z1 = r0["zero"], r1["zero"]
     # each rank's fp32 master slice (and AdamW's states, the same size) is half of the trained weights,

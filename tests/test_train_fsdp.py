@@ -74,6 +74,7 @@ def test_shipped_configs_are_found_by_name():
 
 def test_fsdp_shards_parameters_and_optimizer_states(runs):
     assert "FSDP2: 2 decoder layers" in runs["fsdp_err"] and "2 process(es)" in runs["fsdp_err"]
+    assert "each prompt runs once per micro-batch" in runs["fsdp_err"]  # the shared-prefix (packed) path
     r0, r1 = _ranks(runs["fsdp"])
     f0, f1 = r0["fsdp"], r1["fsdp"]
     assert f0["sharded_params"] > 0 and f0["numel"] == f1["numel"]

@@ -100,9 +100,10 @@ train_row() {  # name, stage, extra overrides...
 
 sfe_row() {  # name, facts mode: SFE_STEPS steps in NAME, then VERDICT_STEPS more in NAME-v (the row's model)
     local qa="$R/prefs/train.jsonl"
-    train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS"
+    # batch 4: what the shipped weights were trained with (the recipe's default is now 5, one QA group)
+    train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS" train.batch_size=4
     train_row "$1-v" sfe --train "$qa" --checkpoint "$R/seed-$SEED/$1/checkpoint" "train.seed=$((SEED + 1))" \
-        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS"
+        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS" train.batch_size=4
 }
 
 ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships

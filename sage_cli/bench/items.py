@@ -3,7 +3,8 @@
 * ``manta`` / ``mpdd``: MANTA's records (MPDD-QA has the same schema) as they are.
 * ``qa``: sage-qa/1 groups (a file, or a folder of them such as `sage prefs build`'s OUT).
 * ``mvtec``: groups built on the fly from the annotations with `sage prefs build`'s builder (5 questions,
-  2 standard / 2 identification / 1 diagnosis, references from train/good chosen with the seed).
+  2 standard / 2 identification / 1 diagnosis, references from train/good chosen with the seed); with
+  ``--wordings held-out`` in the held-out families' words (prefs/wordings.py), ``both``: ten questions.
 * ``mmad``: one item per image; each multiple-choice question is asked with its lettered options and
   graded on the letter. One-shot uses the image's first ``similar_templates`` image (a normal template,
   MMAD's own protocol), else its first ``random_templates`` image.
@@ -112,8 +113,9 @@ def check_layout(fmt: str, root: Path) -> None:
 
 
 def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = None, limit: int | None = None,
-               seed: int = 0, strict: bool = False) -> Loaded:
-    """The items of one benchmark run, filtered and limited; SageError when none is left."""
+               seed: int = 0, strict: bool = False, wordings: str = "seen") -> Loaded:
+    """The items of one benchmark run, filtered and limited; SageError when none is left. `wordings`
+    (mvtec): the built questions in the training templates' words, the held-out families', or both."""
     from sage_cli.data.formats import open_dataset
     from sage_cli.data.categories import check_categories, limit_per_category
     from sage_cli.prefs.pipeline import PrefsOptions, make_groups  # the mvtec format's groups are built as prefs builds them
@@ -124,7 +126,8 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
     check_layout(fmt, root)
     if fmt == "mvtec":
         # the builder filters and limits itself (per category, seeded) and reports unknown categories
-        opts = PrefsOptions(src=root, out=root, seed=seed, limit=limit, categories=categories, strict=strict)
+        opts = PrefsOptions(src=root, out=root, seed=seed, limit=limit, categories=categories, strict=strict,
+                            wordings=wordings)
         groups, problems = make_groups(opts, "mvtec")
         found = sorted({g.category for g in groups})
         items = [_yes_no_item(g, shots, built=True) for g in groups]
@@ -182,16 +185,15 @@ def _more_references(items: list[BenchItem], pools: dict[str, list[str]], shots:
     """Give each one-shot item shots - 1 more references (an MMAD item has its own already): the pool's
     highest stable scores for its test image, never the test image nor its own reference. Returns the
     number of items left with fewer than `shots` references."""
-    from sage_cli.data.categories import stable_score
+    from sage_cli.data.categories import more_references
 
     short = 0
     for it in items:
         if it.reference_image is None:
             continue
         if it.kind != "choice":
-            pool = [r for r in pools.get(it.category, []) if r not in (it.test_image, it.reference_image)]
-            pool.sort(key=lambda r: (-stable_score("references", seed, f"{it.test_image}\0{r}"), r))
-            it.more_references = pool[: shots - 1]
+            it.more_references = more_references(pools.get(it.category, []), (it.test_image, it.reference_image),
+                                                 it.test_image, shots - 1, seed)
         short += len(it.references) < shots
     return short
 

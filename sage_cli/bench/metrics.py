@@ -15,6 +15,8 @@ question type), and on a group's detection question ``detect_label`` / ``detect_
   calibrated checkpoint also for the calibrated P(defect) ("p_defect"), and (`calibrated`) the accuracy
   and balanced accuracy of its verdicts at the checkpoint's stored threshold.
 * MMAD's official summary (`mmad_summary`, protocol ``mmad``), see grading.py.
+* Yes/no accuracy on seen and unseen wordings (`by_wording`: whether a question matches a training
+  template, prefs/wordings.py) and what always answering "no" / "yes" would score (`baselines`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,37 @@ def by_key(samples: list[dict], key: str) -> dict[str, dict]:
                 "groups": len(groups_of(v))} for k, v in sorted(parts.items())}
 
 
+def by_wording(samples: list[dict]) -> dict | None:
+    """Yes/no questions split by wording (prefs/wordings.py): {"seen": ..., "unseen": ...} as `by_key`, and
+    "families": the same per held-out family found. None when no yes/no question was asked."""
+    from sage_cli.prefs.wordings import wording_of
+
+    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    if not yes_no:
+        return None
+    tagged = []
+    for s in yes_no:
+        split, family = wording_of(str(s.get("question") or ""))
+        tagged.append({**s, "wording": split, "family": family})
+    out = by_key(tagged, "wording")
+    families = by_key([s for s in tagged if s["family"]], "family")
+    if families:
+        out["families"] = families
+    return out
+
+
+def baselines(samples: list[dict]) -> dict | None:
+    """{always_no, always_yes}: {average, acc_g} a constant answer scores on the yes/no questions asked."""
+    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    if not yes_no:
+        return None
+    out = {}
+    for name, answer in (("always_no", False), ("always_yes", True)):
+        hits = [{**s, "correct": s["truth"] == answer} for s in yes_no]
+        out[name] = {"average": accuracy(hits)["average"], "acc_g": acc_g(hits)}
+    return out
+
+
 def sbert_mean(samples: list[dict]) -> float | None:
     return _mean(s["sbert"] for s in samples if s.get("sbert") is not None)
 
@@ -185,6 +218,8 @@ def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sa
         "auroc_map_groups": peak.get("n", 0),
         "detection": det,
         "per_category": by_key(samples, "category"),
+        "per_wording": by_wording(samples),
+        "baselines": baselines(samples),
     }
     cal = calibrated(samples)
     if cal is not None:  # a calibrated checkpoint's verdicts at its stored threshold

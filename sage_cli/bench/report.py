@@ -43,11 +43,12 @@ def cells(results: dict, with_mle: bool = False, with_n: bool = True) -> list[st
 
 
 def detection_rows(results: dict) -> list[list[str]]:
-    """[score, AUROC, F1-max, threshold, n, pixel AUROC, AUPRO] rows for P(yes) and the map peak."""
+    """[score, AUROC, F1-max, threshold, n, pixel AUROC, AUPRO] rows for P(yes), the calibrated P(defect)
+    (a calibrated checkpoint) and the map peak."""
     m = results.get("metrics") or {}
     det, pix = m.get("detection") or {}, m.get("pixel") or {}
     rows = []
-    for name, label in (("p_yes", "P(yes)"), ("map", "map peak (Eq. 1)")):
+    for name, label in (("p_yes", "P(yes)"), ("p_defect", "P(defect), calibrated"), ("map", "map peak (Eq. 1)")):
         d = det.get(name)
         if not d:
             continue

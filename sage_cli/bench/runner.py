@@ -77,6 +77,7 @@ class BenchOptions:
     protocol: str = "sage"  # grading.PROTOCOLS
     grader: str = "text"  # text | probe | an OpenAI-compatible URL (grading.py)
     grader_model: str | None = None
+    wordings: str = "seen"  # mvtec: the questions' wordings, seen | held-out | both (prefs/wordings.py)
 
     def config(self, judge_name: str | None = None) -> dict:
         return {"format": self.fmt, "root": str(Path(self.root).resolve()), "backbone": self.backbone,
@@ -85,7 +86,7 @@ class BenchOptions:
                 "max_new_tokens": self.max_new_tokens, "limit": self.limit, "categories": self.categories,
                 "seed": self.seed, "device": self.device, "dtype": self.dtype, "sbert": self.sbert,
                 "judge": judge_name, "detect_question": self.detect_question, "protocol": self.protocol,
-                "grader": self.grader, "grader_model": self.grader_model}
+                "grader": self.grader, "grader_model": self.grader_model, "wordings": self.wordings}
 
 
 @dataclass

@@ -89,6 +89,7 @@ def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "
     if alone:
         run_alone(run.train_set + run.val_set)
     t_setup = time.perf_counter() - t0
+    prompts = _prompts_per_batch(run.train_set, recipe.train.batch_size)
     with RSSPeak() as mem:
         summary = run.run(progress=lambda step, rec: steps.append(rec))
     wall = time.perf_counter() - t0  # model load, E-DPO's reference pass, every step
@@ -98,7 +99,18 @@ def _timed_run(stage: str, recipe, run_dir: Path, warmup: int, ref_mode: str = "
         epochs[r["epoch"]] = epochs.get(r["epoch"], 0.0) + r["step_s"]
     return {"step_s": statistics.median(timed), "timed": timed, "steps": len(steps), "setup_s": t_setup, "wall_s": wall,
             "epoch_s": [epochs[e] for e in sorted(epochs)], "checkpoint": summary.get("checkpoint"),
-            "cache": summary["feature_cache"], **mem.result()}
+            "cache": summary["feature_cache"], "prompts_per_batch": prompts, **mem.result()}
+
+
+def _prompts_per_batch(examples: list, batch_size: int) -> float | None:
+    """Distinct prompt prefixes per micro-batch, on average, in the order the shuffle keeps together (runs
+    of batch_size consecutive examples); None when the examples share none (run alone). 1.0: each
+    micro-batch is one QA group (or one question's pairs)."""
+    keys = [e.prefix for e in examples]
+    if not keys or keys[0] is None:
+        return None
+    blocks = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+    return statistics.mean(len(set(b)) for b in blocks)
 
 
 def _pooled(runs: list[dict]) -> dict:

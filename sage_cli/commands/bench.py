@@ -61,6 +61,7 @@ def command_for(fmt: str):
         protocol: Optional[str] = typer.Option(None, "--protocol", help=PROTOCOL_HELP[fmt]),
         grader: str = typer.Option("text", "--grader", help="Who reads a yes/no answer (protocol sage): text (sage's reader, P(yes) where it finds no verdict), probe (ask again with 'Answer yes or no.' and take P(yes)), or an OpenAI-compatible URL (an LLM reads each answer)."),
         grader_model: Optional[str] = typer.Option(None, "--grader-model", help="The grading LLM's model name at --grader URL."),
+        wordings: str = typer.Option("seen", "--wordings", help="mvtec: word the built questions as training does (seen), in the held-out families no training build uses (held-out: other vocabularies for place, type, decisions), or both (ten questions per image). Every format reports accuracy on seen and unseen wordings apart."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
         from sage_cli.bench.runner import BenchOptions
@@ -69,7 +70,7 @@ def command_for(fmt: str):
                             facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=categories, seed=seed,
                             device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model, plots=plots,
                             resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question,
-                            protocol=protocol, grader=grader, grader_model=grader_model)
+                            protocol=protocol, grader=grader, grader_model=grader_model, wordings=wordings)
         _run(opts, as_json)
 
     bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC "
@@ -99,6 +100,11 @@ def _resolve(opts) -> None:
     if opts.detect_question is not None and opts.fmt == "mmad":
         raise SageError("--detect-question needs yes/no data; MMAD's questions are multiple choice")
     detect_polarity(opts.detect_question)  # a question that asks neither way fails before any work
+    if opts.wordings not in ("seen", "held-out", "both"):
+        raise SageError(f"--wordings must be seen, held-out or both, got {opts.wordings!r}")
+    if opts.wordings != "seen" and opts.fmt != "mvtec":
+        raise SageError(f"--wordings {opts.wordings} words questions that sage builds (mvtec); {opts.fmt} data "
+                        "bring their own questions (their accuracy on seen and unseen wordings is reported anyway)")
     checkpoint = resolve_checkpoint(opts.checkpoint, opts.backbone)
     opts.checkpoint = str(checkpoint) if checkpoint else None
     if opts.resume and opts.overwrite:
@@ -121,7 +127,8 @@ def _run(opts, as_json: bool) -> None:
     from sage_cli.bench.runner import run_bench
 
     _resolve(opts)
-    loaded = load_items(opts.fmt, Path(opts.root), opts.shots, opts.categories, opts.limit, opts.seed, opts.strict)
+    loaded = load_items(opts.fmt, Path(opts.root), opts.shots, opts.categories, opts.limit, opts.seed, opts.strict,
+                        opts.wordings)
     err = Console(stderr=True)
     notes: list[str] = []
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -211,6 +218,22 @@ def _breakdowns(console, res: dict) -> None:
         for name, v in parts.items():
             t.add_row(name, str(v["groups"]), str(v["questions"]), f"{100 * v['accuracy']:.1f}",
                       f"{100 * v['acc_g']:.1f}" if v["acc_g"] is not None else "-")
+        console.print(t)
+    wording, base = m.get("per_wording"), m.get("baselines")
+    if wording:
+        t = Table(title="accuracy by wording (seen: a training template's words; unseen: any other, e.g. "
+                        "--wordings held-out)")
+        for c in ("wording", "questions", "accuracy", "Acc-G"):
+            t.add_column(c, justify="left" if c == "wording" else "right")
+        rows = [(k, v) for k, v in wording.items() if k != "families"]
+        rows += [(f"  held-out family: {k}", v) for k, v in (wording.get("families") or {}).items()]
+        for name, v in rows:
+            t.add_row(name, str(v["questions"]), f"{100 * v['accuracy']:.1f}",
+                      f"{100 * v['acc_g']:.1f}" if v["acc_g"] is not None else "-")
+        for name, label in (("always_no", 'always "No" (all questions)'), ("always_yes", 'always "Yes"')):
+            if base and base.get(name):
+                b = base[name]
+                t.add_row(label, "", f"{100 * b['average']:.1f}", f"{100 * b['acc_g']:.1f}")
         console.print(t)
 
 

@@ -114,6 +114,7 @@ def train(
     steps: int = typer.Option(6, "--steps", min=1, help="Timed optimizer steps per run (each configuration runs twice)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed steps first."),
     examples: int = typer.Option(32, "--examples", min=1, help="Training examples used (the epoch comparison runs two epochs over them)."),
+    long_prefix: int = typer.Option(0, "--long-prefix", min=0, help="Time on a random InternVL-shaped backbone (2-layer, SmolLM2-wide decoder) whose test + reference make about this many image tokens, e.g. 1024: where the prefix dominates. 0: the recipe's backbone."),
     out: Optional[Path] = OUT,
     as_json: bool = AS_JSON,
 ) -> None:
@@ -146,12 +147,22 @@ def train(
             if pairs is None:
                 raise SageError("--train needs --pairs too (E-DPO is measured on them)")
             data = {"qa": train_file, "pairs": pairs, "facts": facts, "root": root}
+        shape = None
+        if long_prefix:
+            from sage_cli.bench.long_prefix import save_long_prefix_vlm
+
+            log(f"building a random InternVL-shaped backbone with ~{long_prefix} image tokens")
+            shape = save_long_prefix_vlm(Path(tmp) / "long-prefix-vlm", long_prefix)
         both = []
         for kind, train_data in (("sfe", data["qa"]), ("edpo", data["pairs"])):
             sets = [f"data.train={train_data}"] + ([f"data.facts={data['facts']}"] if data["facts"] else [])
+            sets += [f"model.backbone={shape['path']}"] if shape else []
             sets += [f"data.root={data['root']}"] if data["root"] else []
             both.append(load_recipe(recipe, kind, sets + list(overrides or [])))
         res = train_speed(both[0], both[1], steps=steps, warmup=warmup, examples=examples, log=log)
+        if shape:
+            shape.pop("path")  # it lived in a temporary folder
+            res["long_prefix_backbone"] = shape
     for k in ("sfe", "sfe_alone", "plain_sft", "edpo_cached_ref", "edpo_concat_ref", "edpo_live_ref",
               "epochs_with_cache", "epochs_without_cache"):
         res[k].pop("checkpoint", None)  # it lived in a temporary folder
@@ -162,7 +173,9 @@ def train(
     def mem(x):
         return f"{x['rss_mb']:.0f} MiB" if x.get("rss_mb") is not None else "n/a"
 
-    t = Table(title=f"training speed · {both[0].model.backbone} · 2 runs x {steps} steps per side, each after "
+    name = (f"random InternVL-shaped, {shape['image_tokens']} image tokens, {shape['decoder_layers']}-layer decoder"
+            if shape else both[0].model.backbone)
+    t = Table(title=f"training speed · {name} · 2 runs x {steps} steps per side, each after "
                     f"{warmup} warm-up · {examples} examples · ratio = median over the same batches")
     for col in ("comparison", "SAGE", "baseline", "ratio", "target", "peak mem (SAGE / base)"):
         t.add_column(col, justify="left" if col == "comparison" else "right")
@@ -186,6 +199,10 @@ def train(
     t.add_row("2nd epoch: feature cache vs none", f"{w['epoch_s'][-1]:.1f} s", f"{wo['epoch_s'][-1]:.1f} s",
               f"{r['epoch2_cache_vs_none']:.2f}x", "", f"{mem(w)} / {mem(wo)}")
     Console().print(t)
+    per = [res[k].get("prompts_per_batch") for k in ("sfe", "edpo_cached_ref")]
+    if None not in per:
+        console.print(f"prompts per micro-batch (shared path): SFE {per[0]:.2f} (batch {both[0].train.batch_size}), "
+                      f"E-DPO {per[1]:.2f} (batch {both[1].train.batch_size}); 1.00 = each prompt once per step")
     console.print(f"1st epoch with the cache (filling it): {w['epoch_s'][0]:.1f} s · E-DPO wall time incl. model "
                   f"load and, when cached, the one reference pass over the examples: cached "
                   f"{res['edpo_cached_ref']['total_s']:.1f} s, live {res['edpo_live_ref']['total_s']:.1f} s · peak memory "

@@ -22,6 +22,7 @@ def calibrate(
     seed: int = typer.Option(0, "--seed", help="Seeds the references of image data sets and --limit's choice."),
     device: Device = "auto",
     dtype: Dtype = "auto",
+    shots: int = typer.Option(1, "--shots", help="Normal references per pair (drawn as `sage bench --shots` draws them): fit the maps that `sage infer TEST REF1 .. REFN` with N references shows."),
     rows: Optional[Path] = typer.Option(None, "--rows", help="Also write each pair's measurements (P(yes), map peak and mean, features, label) as JSON Lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the stored calibration as JSON."),
 ) -> None:
@@ -32,7 +33,7 @@ def calibrate(
     from sage_cli.models.calibration import Options, calibrate as run, parse_features
 
     opts = Options(checkpoint=checkpoint, val=on, out=out, features=parse_features(features), threshold=threshold,
-                   limit=limit, seed=seed, device=device, dtype=dtype, rows=rows)
+                   limit=limit, seed=seed, device=device, dtype=dtype, rows=rows, shots=shots)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -48,7 +49,8 @@ def calibrate(
     m, v = cal["metrics"], cal["val"]
     terms = " + ".join(f"{w:.3f}·{n}" for n, w in zip(cal["features"], cal["weights"]))
     out_ = sys.stdout
-    out_.write(f"calibrated {done['checkpoint']} on {v['name']} ({v['format']}, {v['pairs']} pairs: "
+    refs = f", {cal['shots']} references each" if cal.get("shots", 1) > 1 else ""
+    out_.write(f"calibrated {done['checkpoint']} on {v['name']} ({v['format']}, {v['pairs']} pairs{refs}: "
                f"{v['defective']} defective, {v['normal']} normal, {len(v['categories'])} categories)\n")
     out_.write(f"P(defect) = sigmoid({terms} + {cal['bias']:.3f}); verdict: P(defect) >= {cal['threshold']:g}\n")
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731

@@ -163,3 +163,18 @@ def _print_plan(console, run, facts: str | None, missing: list[str]) -> None:
     console.print(f"data: {p.examples} training examples, {p.val_examples} validation · {p.world_size} process(es) × "
                   f"batch {p.batch_size} × accumulation {p.grad_accum} = {p.global_batch} per step · "
                   f"{p.steps_per_epoch} steps per epoch · {p.total_steps} steps")
+    console.print(f"shared prefix: {_shared_prefix_line(run)}")
+
+
+def _shared_prefix_line(run) -> str:
+    """How the micro-batches run their prompts: each shared prefix once (packed), or each sequence alone."""
+    from sage_cli.train.packing import can_pack
+
+    if not run.recipe.train.shared_prefix:
+        return "off (train.shared_prefix=false): each sequence runs alone"
+    attn = getattr(run.model.backbone.language_model.config, "_attn_implementation", None)
+    if not can_pack(run.model):
+        return f"on, but {attn} attention takes no 4-D mask: each sequence runs alone"
+    prompts = len({e.prefix for e in run.train_set})
+    return (f"{run.plan.examples} examples on {prompts} prompts; each prompt runs once per micro-batch "
+            f"({attn}, packed)")

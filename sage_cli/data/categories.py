@@ -48,6 +48,15 @@ def stable_score(purpose: str, seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def more_references(pool: Iterable[str], exclude: Iterable[str], test: str, n: int, seed: int) -> list[str]:
+    """n normal references for `test` from `pool` (never one in `exclude`), in a seeded order fixed per test
+    image: `sage bench --shots` and `sage calibrate --shots` draw the same ones."""
+    skip = set(exclude)
+    cands = sorted((r for r in pool if r not in skip),
+                   key=lambda r: (-stable_score("references", seed, f"{test}\0{r}"), r))
+    return cands[:max(n, 0)]
+
+
 def check_categories(found: set[str], wanted: Iterable[str] | None) -> None:
     """Refuse wanted categories that the data set (with categories ``found``) does not have."""
     if wanted is None:

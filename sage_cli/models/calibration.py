@@ -18,14 +18,17 @@ it was not fitted on) go under config.json's "calibration" key (`checkpoint.writ
 
 `apply(config["calibration"], p_yes, amap) -> (p_defect, defective)` is what `sage infer`, `sage bench`
 and `sage serve` call; `detect(engine, calibration, prefix, ...)` the same from an encoded pair. The
-features are one-shot: without a reference (no map) nothing is reported.
+features need a reference: zero-shot (no map) nothing is reported. With several references the map's
+peak and mean run lower, so `--shots N` fits on pairs with N references each (stored as "shots"), for
+`sage infer TEST REF1 .. REFN` and `sage bench --shots N`; a run with another number of references says
+that its maps are of a kind the calibration was not fitted on.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_cli.defaults import DEFAULT_QUESTION
@@ -243,16 +246,25 @@ class Pair:
     reference: Path
     defective: bool
     category: str
+    more: list[Path] = field(default_factory=list)  # --shots N: N - 1 more normal references
+
+    @property
+    def references(self) -> list[Path]:
+        return [self.reference, *self.more]
 
 
-def labelled_pairs(root: str | Path, seed: int = 0, limit: int | None = None) -> tuple[list[Pair], str, int]:
+def labelled_pairs(root: str | Path, seed: int = 0, limit: int | None = None,
+                   shots: int = 1) -> tuple[list[Pair], str, int]:
     """(every labelled one-shot pair of the data set at `root`, its format, pairs left out for want of a
     reference or a label). Image sets (MVTec layout, VisA): each test image with its seeded train/good
     reference; for a `sage data synth` output, never the normal image the defect was drawn on (a
     reference identical outside the defect would be an easy pair no user has). QA sets: each group's
     pair and label, once per pair. MMAD: each image with its first template, normal when "good" is in
     its path. `limit`: at most that many normal and that many defective pairs per category (a stable
-    seeded choice)."""
+    seeded choice). `shots` > 1: each pair gets shots - 1 more normal references, chosen as `sage bench
+    --shots` chooses them (the category's train/good images, or the references its groups use; MMAD: the
+    next templates), never the test image, its own reference or a synth defect's source image."""
+    from sage_cli.data.categories import more_references
     from sage_cli.data.formats import open_dataset
 
     root = Path(root)
@@ -277,9 +289,14 @@ def labelled_pairs(root: str | Path, seed: int = 0, limit: int | None = None) ->
             if ref is None:
                 skipped += 1
                 continue
-            pairs.append(Pair(r.path(), r.path(ref), r.is_anomaly, r.category))
+            more = more_references(normals.get(r.category, []), (r.image, ref, src), r.image, shots - 1, seed)
+            pairs.append(Pair(r.path(), r.path(ref), r.is_anomaly, r.category, [r.path(m) for m in more]))
     elif ds.kind == "qa":
         seen = set()
+        used: dict[str, list[str]] = {}
+        for g in ds.records:
+            if g.reference_image is not None and g.reference_image not in used.setdefault(g.category, []):
+                used[g.category].append(g.reference_image)
         for g in ds.records:
             if g.reference_image is None or g.anomalous is None:
                 skipped += 1
@@ -289,7 +306,10 @@ def labelled_pairs(root: str | Path, seed: int = 0, limit: int | None = None) ->
                 continue
             seen.add(key)
             base = Path(g.root) if g.root is not None else root
-            pairs.append(Pair(base / g.test_image, base / g.reference_image, bool(g.anomalous), g.category))
+            more = more_references(used.get(g.category, []), (g.test_image, g.reference_image), g.test_image,
+                                   shots - 1, seed)
+            pairs.append(Pair(base / g.test_image, base / g.reference_image, bool(g.anomalous), g.category,
+                              [base / m for m in more]))
     else:
         for it in ds.records:
             refs = list(it.similar_templates or []) + list(it.random_templates or [])
@@ -297,8 +317,9 @@ def labelled_pairs(root: str | Path, seed: int = 0, limit: int | None = None) ->
                 skipped += 1
                 continue
             base = Path(it.root)
+            more = [r for r in refs[1:] if r != it.image][: shots - 1]
             pairs.append(Pair(base / it.image, base / refs[0], "good" not in it.image,
-                              it.category or it.dataset or "(none)"))
+                              it.category or it.dataset or "(none)", [base / m for m in more]))
     if limit is not None:
         pairs = _limit(pairs, seed, limit)
     return pairs, ds.format, skipped
@@ -342,12 +363,14 @@ def measure(engine, pairs: list[Pair], names, question: str = DEFAULT_QUESTION, 
 
     rows = []
     for i, pair in enumerate(pairs):
-        prefix = engine.encode(load_rgb(pair.test), load_rgb(pair.reference), [])
+        refs = [load_rgb(r) for r in pair.references]
+        prefix = engine.encode(load_rgb(pair.test), refs if len(refs) > 1 else refs[0], [])
         p = engine.p_yes(prefix, question)
         amap = engine.anomaly(prefix)
         if p is None:
             raise SageError(f"{engine.backbone_name}: its tokenizer has no yes/no tokens; P(yes) cannot be read")
-        rows.append({"test": str(pair.test), "reference": str(pair.reference), "category": pair.category,
+        rows.append({"test": str(pair.test), "reference": str(pair.reference),
+                     **({"more_references": [str(m) for m in pair.more]} if pair.more else {}), "category": pair.category,
                      "defective": pair.defective, "p_yes": p, "map_max": amap.max, "map_mean": amap.mean,
                      "features": feature_values(names, p, amap)})
         if progress is not None:
@@ -368,8 +391,11 @@ class Options:
     dtype: str = "auto"
     question: str = DEFAULT_QUESTION
     rows: Path | None = None  # also write each pair's measurements here (JSON Lines)
+    shots: int = 1  # normal references per pair: fit the maps `sage infer TEST REF1 .. REFN` will show
 
     def check(self) -> Options:
+        if self.shots < 1:
+            raise SageError(f"--shots must be 1 or more (references per pair), got {self.shots}")
         unknown = [n for n in self.features if n not in FEATURES]
         if unknown:
             raise SageError(f"unknown feature {unknown[0]!r}; known: {', '.join(FEATURES)}")
@@ -404,11 +430,15 @@ def calibrate(opts: Options, progress=None) -> dict:
     val = Path(opts.val)
     if not val.exists():
         raise SageError(f"{val}: no such file or directory")
-    pairs, fmt, skipped = labelled_pairs(val, opts.seed, opts.limit)
+    pairs, fmt, skipped = labelled_pairs(val, opts.seed, opts.limit, opts.shots)
     n_def = sum(p.defective for p in pairs)
     if not pairs:
         why = f" ({skipped} without a reference image or a label)" if skipped else ""
         raise SageError(f"{val}: no labelled one-shot pairs to calibrate on{why}")
+    short = sum(len(p.references) < opts.shots for p in pairs)
+    if short:
+        raise SageError(f"{val}: {short} of {len(pairs)} pairs find fewer than {opts.shots} normal references in "
+                        "their category; lower --shots")
     if n_def in (0, len(pairs)):
         which = "defective" if n_def else "normal"
         raise SageError(f"{val}: all {len(pairs)} labelled pairs are {which}; calibration needs normal and "
@@ -427,7 +457,7 @@ def calibrate(opts: Options, progress=None) -> dict:
     calibration = {
         "format": FORMAT,
         "question": opts.question,
-        "shots": 1,
+        "shots": opts.shots,
         "features": list(opts.features),
         "weights": weights,
         "bias": bias,

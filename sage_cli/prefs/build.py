@@ -32,6 +32,7 @@ from pathlib import PurePosixPath
 from sage_cli.data.records import LABEL_ANNOTATION, PAIR_TYPES, ImageRecord, QAGroup, Question
 from sage_cli.prefs.knowledge import defect_info, distractors, object_info
 from sage_cli.prefs.templates import Finding, Writer
+from sage_cli.prefs.wordings import held_out_questions
 
 LEVEL_MIX = {"standard": 2, "identification": 2, "diagnosis": 1}
 
@@ -104,13 +105,18 @@ def finding(rec: ImageRecord, pool: list[str], rng: random.Random) -> Finding:
     )
 
 
-def group_for(rec: ImageRecord, pool: list[str], seed: int) -> QAGroup:
-    """The QA group of one test image; ``pool`` = the defect labels of its category (wrong answers)."""
+def group_for(rec: ImageRecord, pool: list[str], seed: int, wordings: str = "seen") -> QAGroup:
+    """The QA group of one test image; ``pool`` = the defect labels of its category (wrong answers).
+    ``wordings``: "seen" (the training templates), "held-out" (wordings.FAMILIES, for benchmarks only)
+    or "both" (the seen five, then five held-out ones)."""
     # Keyed by the pair, not the image: a normal image reused against several references gets new
     # questions each time (the same text six times over would let a model learn the image by its questions).
     rng = image_rng(seed, f"{rec.image}\0{rec.reference or ''}")
     w = Writer(finding(rec, pool, rng), rng)
-    questions = w.standard() + w.identification() + [w.diagnosis()]
+    questions = [] if wordings == "held-out" else w.standard() + w.identification() + [w.diagnosis()]
+    if wordings != "seen":
+        # its own generator: the seen questions of "both" are those of "seen"
+        questions += held_out_questions(w, image_rng(seed, f"held-out\0{rec.image}\0{rec.reference or ''}"))
     return QAGroup(
         id=group_id(rec),
         domain=object_info(rec.category).domain,
@@ -136,9 +142,10 @@ def defect_pools(records: Iterable[ImageRecord]) -> dict[str, list[str]]:
     return {c: sorted(v) for c, v in pools.items()}
 
 
-def image_groups(records: list[ImageRecord], seed: int, pools: dict[str, list[str]] | None = None) -> list[QAGroup]:
+def image_groups(records: list[ImageRecord], seed: int, pools: dict[str, list[str]] | None = None,
+                 wordings: str = "seen") -> list[QAGroup]:
     """One group per test image of ``records`` (train images are references, not questions)."""
     pools = pools if pools is not None else defect_pools(records)
-    groups = [group_for(r, pools.get(r.category, []), seed) for r in records if r.split == "test"]
+    groups = [group_for(r, pools.get(r.category, []), seed, wordings) for r in records if r.split == "test"]
     unique_ids(groups)
     return groups

@@ -41,6 +41,7 @@ class PrefsOptions:
     overwrite: bool = False
     paraphrase: dict | None = None  # {"endpoint": URL, "model": NAME} when options are paraphrased
     normal_share: float | None = None  # top normal groups up to this share per category (image data sets)
+    wordings: str = "seen"  # image data sets: "seen" training templates; "held-out" / "both" for benchmarks
 
     def check(self) -> "PrefsOptions":
         if not 0.0 <= self.val_frac <= 1.0:
@@ -142,7 +143,7 @@ def make_groups(opts: PrefsOptions, fmt: str):
         if opts.normal_share:
             train = [r for r in ds.records if r.split == "train"]
             tests += extra_normals(tests, train, opts.normal_share, opts.seed)
-        groups = image_groups(tests, opts.seed, pools)
+        groups = image_groups(tests, opts.seed, pools, opts.wordings)
     else:
         if ds.kind == "mmad":
             items = ds.records
