@@ -75,7 +75,8 @@ def test_per_category_sbert_mle_and_summary():
     assert metrics.mle_means(SAMPLES) is None
     summary = metrics.summarize(rows, with_types=True)
     assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "auroc_map",
-                            "auroc_map_groups", "detection", "per_category", "mmad_per_type"}
+                            "auroc_map_groups", "detection", "per_category", "per_wording", "baselines",
+                            "mmad_per_type"}
     assert summary["auroc"] is None
 
 

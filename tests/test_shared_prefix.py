@@ -399,6 +399,7 @@ def _ddp_worker(out: str) -> None:
                 want[n] = want.get(n, 0) + v / 2
         worst = max(((ddp[n] - v).abs().max() / v.abs().max().clamp(min=1e-12)).item() for n, v in want.items())
         Path(out).write_text(json.dumps({"worst": worst, "same_names": sorted(ddp) == sorted(want)}))
+    dist.barrier()  # rank 1 waits for rank 0's in-process reference: tearing down gloo early aborted it once
     dist.destroy_process_group()
 
 

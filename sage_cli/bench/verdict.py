@@ -78,15 +78,11 @@ _SEEN = {"present", "found", "detected", "visible", "observed", "seen", "evident
 _POST_NEG = {"none", "nowhere", "n/a", "nil"}
 _POST_SKIP = {":", "-", "is", "are", "was", "were", "be", "been", "being", "a", "an", "any", "at", "all", "can", "could",
               "be", "found", "detected", "visible", "observed", "seen", "present", "apparent", "evident"}
-_CONSEQ = {"lead", "leads", "leading", "cause", "causes", "causing", "result", "results", "affect", "affects",
-           "affecting", "compromise", "compromises", "weaken", "weakens", "reduce", "reduces", "impair", "impairs",
-           "degrade", "degrades", "shorten", "shortens", "spoil", "spoils", "harm", "harms", "leak", "leaks",
-           "fail", "fails", "allow", "allows", "create", "creates", "increase", "increases", "worsen", "worsens",
-           "spread", "spreads", "require", "requires", "need", "needs", "risk", "risks", "jeopardize", "interfere",
-           "interferes", "hinder", "hinders", "prevent", "prevents", "block", "blocks", "break", "impact",
-           "impacts", "damage", "expose", "exposes", "endanger", "matter", "matters", "likely", "probably",
-           "suggests", "indicates", "consistent", "points", "due", "caused", "stems", "originates", "from",
-           "significant", "serious", "critical", "functional", "problematic"}
+# Consequence words: by their first five letters (_CONSEQ_STEMS, so "affects" and "weakened" count too), and
+# these whole words (their first five letters are no stem).
+_CONSEQ = {"break", "consistent", "critical", "due", "fail", "fails", "from", "functional", "harms", "leading",
+           "leaks", "likely", "matter", "matters", "need", "needs", "probably", "problematic", "result", "results",
+           "risks", "serious", "significant"}
 _CONSEQ_STEMS = {"affec", "compr", "weake", "reduc", "impai", "degra", "short", "spoil", "harm", "leak", "leaka",
                  "failu", "allow", "creat", "incre", "worse", "sprea", "requi", "risk", "jeopa", "inter", "hinde",
                  "preve", "block", "impac", "damag", "expos", "endan", "cause", "causi", "lead", "leads", "remov",
