@@ -110,3 +110,22 @@ def test_release_script_table_keeps_new_runs_beside_the_kept_ones(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (results / "seed-7" / "fe" / "hazelnut-0" / "results.json").is_file()
     assert f"| +Fact[FE] (SFE) | {kept + 1} |" in done.stdout  # the seeds kept in the repository, and seed 7
+
+
+def test_held_out_wording_sets_the_shipped_row_and_the_always_no_row(tmp_path):
+    """A set with runs gets its table (the held-out wordings too), a set without runs none; the shipped
+    checkpoint is a row benched once; benches that report what always answering "No" scores add that row."""
+    results = tmp_path / "results"
+    write_result(results / "seed-0" / "edpo" / "hazelnut-1", 0.7, 0.9)
+    write_result(results / "sage-smol-1" / "hazelnut-wordings-1", 0.55, 0.8)
+    path = results / "sage-smol-1" / "hazelnut-wordings-1" / "results.json"
+    res = json.loads(path.read_text())
+    res["metrics"]["baselines"] = {"always_no": {"average": 0.6, "acc_g": 0.0}, "always_yes": {"average": 0.4, "acc_g": 0.0}}
+    path.write_text(json.dumps(res), encoding="utf-8")
+    done = run(str(results))
+    assert done.returncode == 0, done.stderr
+    assert "#### real hazelnut defects, held-out wordings (`--wordings held-out`), one-shot" in done.stdout
+    assert "| sage-smol 1 as shipped (seed 0's E-DPO, packed) | 1 | 55.0 |" in done.stdout
+    assert '| always "No" (same questions) | - | - | - | - | 60.0 | 0.0 | - | - | - |' in done.stdout
+    assert "zero-shot" not in done.stdout and "held-out synthetic" not in done.stdout  # no runs: no table
+    assert done.stdout.count('always "No"') == 1  # the older set's runs report no baseline

@@ -3,9 +3,10 @@
     python recipes/release/ablation_table.py recipes/release/results [--add runs/release/bench]
                                               [--out table.md] [--card MODEL_CARD.md]
 
-Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/untrained/SET-SHOTS) and prints one Markdown
-table per evaluation set and setting: each row's metrics as mean ± standard deviation over the seeds
-that have it, with the number of seeds. Nothing is dropped: a row with fewer seeds says so.
+Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/untrained/SET-SHOTS and
+RESULTS/sage-smol-1/SET-SHOTS, rows benched once) and prints one Markdown table per evaluation set and
+setting that has runs: each row's metrics as mean ± standard deviation over the seeds that have it, with
+the number of seeds. Nothing is dropped: a row with fewer seeds says so.
 RESULTS is kept in the repository (recipes/release/results), so the card's table can be rebuilt on any
 machine; --add first copies every finished run of a bench folder (same layout) into it, replacing the
 file of the same seed, row and set.
@@ -24,9 +25,13 @@ from pathlib import Path
 
 from sage_cli.atomic import write_text
 
-ROWS = [("untrained", "untrained SAGE layers (no training)"), ("sft", "SFT, no facts"),
+ROWS = [("untrained", "untrained SAGE layers (no training)"),
+        ("sage-smol-1", "sage-smol 1 as shipped (seed 0's E-DPO, packed)"), ("sft", "SFT, no facts"),
         ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
-SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories")]
+UNSEEDED = ("untrained", "sage-smol-1")  # rows benched once, not per training seed: RESULTS/ROW/SET-SHOTS
+SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories"),
+        ("hazelnut-wordings", "real hazelnut defects, held-out wordings (`--wordings held-out`)"),
+        ("heldout-wordings", "held-out synthetic categories, held-out wordings")]
 METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", lambda m: m["accuracy"]["identification"], 100),
            ("Diagnosis", lambda m: m["accuracy"]["diagnosis"], 100), ("Average", lambda m: m["accuracy"]["average"], 100),
            ("Acc-G", lambda m: m["acc_g"], 100), ("SBERT", lambda m: m["sbert"], 1), ("AUROC", lambda m: m["auroc"], 1),
@@ -43,7 +48,7 @@ def read(path: Path) -> dict:
 
 def runs(results: Path, row: str, name: str) -> list[dict]:
     """The metrics of every seed's run of `row` on `name` (e.g. hazelnut-1)."""
-    folders = [results / row / name] if row == "untrained" else sorted(results.glob(f"seed-*/{row}/{name}"))
+    folders = [results / row / name] if row in UNSEEDED else sorted(results.glob(f"seed-*/{row}/{name}"))
     out = []
     for f in folders:
         path = f / "results.json"
@@ -57,7 +62,10 @@ def runs(results: Path, row: str, name: str) -> list[dict]:
 def add(bench: Path, results: Path) -> int:
     """Copy every finished results.json under `bench` into `results` (same relative path); the count."""
     n = 0
-    for path in sorted(bench.glob("seed-*/*/*/results.json")) + sorted(bench.glob("untrained/*/results.json")):
+    found = sorted(bench.glob("seed-*/*/*/results.json"))
+    for row in UNSEEDED:
+        found += sorted(bench.glob(f"{row}/*/results.json"))
+    for path in found:
         if read(path).get("status") == "done":  # the file as the bench wrote it, not a re-serialised copy
             write_text(results / path.relative_to(bench), path.read_text(encoding="utf-8"))
             n += 1
@@ -74,15 +82,24 @@ def cell(values: list[float], scale: float) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(results: Path, name: str) -> str:
+def table(results: Path, name: str) -> str | None:
+    """The Markdown table of one set and setting; None when no row has a run of it. Runs that report what
+    always answering "No" scores (`baselines`, benches since the held-out wordings) add that row last."""
     head = ["Row", "Seeds", *(m[0] for m in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = None
     for row, label in ROWS:
         ms = runs(results, row, name)
         if not ms:
             continue
         cells = [cell([get(m) for m in ms], scale) for _, get, scale in METRICS]
         lines.append(f"| {label} | {len(ms)} | " + " | ".join(cells) + " |")
+        base = base or next((m["baselines"]["always_no"] for m in ms if (m.get("baselines") or {}).get("always_no")), None)
+    if len(lines) == 2:
+        return None
+    if base is not None:  # the same questions for every row of a set (the bench's --seed is fixed)
+        cells = {"Average": cell([base["average"]], 100), "Acc-G": cell([base["acc_g"]], 100)}
+        lines.append('| always "No" (same questions) | - | ' + " | ".join(cells.get(m[0], "-") for m in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -115,7 +132,9 @@ def main() -> None:
     parts = []
     for key, what in SETS:
         for shots, setting in (("0", "zero-shot"), ("1", "one-shot")):
-            parts.append(f"#### {what}, {setting}\n\n{table(args.results, f'{key}-{shots}')}\n")
+            made = table(args.results, f"{key}-{shots}")
+            if made is not None:  # a set no row was benched on is left out
+                parts.append(f"#### {what}, {setting}\n\n{made}\n")
     text = "\n".join(parts)
     print(text)
     if args.out:

@@ -5,7 +5,8 @@
 #
 #   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
-#   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training
+#   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training,
+#                                                   # sage-smol-1 = the checkpoint shipped now
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
@@ -130,6 +131,12 @@ bench_one() {  # run folder, model args...
             --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
         $SAGE bench mvtec --root "$R/bench-heldout" --out "$out/heldout-$shots" --shots "$shots" \
             --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
+        # the same images asked in wordings no training build writes (prefs/wordings.py)
+        $SAGE bench mvtec --root "$HAZELNUT" --out "$out/hazelnut-wordings-$shots" --shots "$shots" --wordings held-out \
+            --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
+        $SAGE bench mvtec --root "$R/bench-heldout" --out "$out/heldout-wordings-$shots" --shots "$shots" \
+            --wordings held-out --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" \
+            --resume "$@"
     done
 }
 
@@ -140,10 +147,12 @@ py() {  # the python of $SAGE's environment: ablation_table.py writes through sa
     ${PYTHON:-$(dirname "$(command -v "$SAGE")")/python} "$@"
 }
 
-bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only)
-    for row in "$@"; do
+bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; sage-smol-1: the checkpoint
+    for row in "$@"; do  # shipped now, benched as a row of its own so that it stays in the tables after it)
         if [ "$row" = untrained ]; then
             bench_one "$R/bench/untrained" --backbone sage-smol
+        elif [ "$row" = sage-smol-1 ]; then
+            bench_one "$R/bench/sage-smol-1" --checkpoint sage-smol
         else
             local run=$row; case $row in fe | sft | hard) run=$row-v ;; esac  # an SFE row's model is its -v run
             if [ -f "$R/seed-$SEED/$run/checkpoint/config.json" ]; then
