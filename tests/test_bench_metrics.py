@@ -76,7 +76,7 @@ def test_per_category_sbert_mle_and_summary():
     summary = metrics.summarize(rows, with_types=True)
     assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "auroc_map",
                             "auroc_map_groups", "detection", "per_category", "per_wording", "baselines",
-                            "mmad_per_type"}
+                            "answers_question", "mmad_per_type"}
     assert summary["auroc"] is None
 
 

@@ -133,6 +133,7 @@ def test_bench_asks_the_held_out_families(make_tiny_mvtec, tmp_path, capsys, mon
     assert w["seen"]["questions"] == 15 and w["unseen"]["questions"] == 15 and "presence" in w["families"]
     assert set(res["metrics"]["baselines"]) == {"always_no", "always_yes"}
     assert "accuracy by wording" in printed and "held-out family: presence" in printed
+    assert res["metrics"]["answers_question"]["all"]["n"] == 30 and "answers that carry what the question" in printed
     rc = run(["bench", "mvtec", "--root", str(root), "--backbone", str(vlm), "--out", str(out), "--resume",
               "--max-new-tokens", "2", "--no-sbert", "--no-plots"])
     assert rc == 1 and "wordings" in capsys.readouterr().err  # a resumed run keeps its wordings
@@ -146,3 +147,19 @@ def test_bad_wordings_are_one_line(args, message, tmp_path, capsys):
     rc = run(["bench", args[0], "--root", str(tmp_path), *args[1:], "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_grader_reads_every_held_out_question_as_what_it_asks():
+    """asks.ask sorts each held-out wording into its intent's kind (an asker's wrapper such as "Would you say"
+    or "Can you spot" dropped; "take it out of the batch" a rejection), so a statement answer is read against
+    the right question."""
+    from sage_cli.bench.asks import ask
+
+    kind = {"presence": "presence", "reject": "presence", "absence": "normal", "same": "normal", "ship": "normal",
+            "location": "location", "type": "type", "consequence": "other"}
+    for fam in FAMILIES:
+        for t in fam.templates:
+            q = t.format(obj="hazelnut", place="top-left corner", kind="fracture", kind_a="a fracture")
+            assert ask(q).kind == kind[fam.intent], q
+    assert ask("Should the PCB be sent back for re-soldering?").kind == "presence"
+    assert ask("Would you say it could cause leakage?").kind == "other"  # the wrapper dropped, a consequence left

@@ -10,7 +10,8 @@
 * ``location``: whether the defect is at a named place ("Is the anomaly on the right side?");
 * ``other``: anything else, mostly consequences and causes ("Could this cause leakage?").
 
-A decision is read first, by its verb ("Should it be rejected?": presence; "Can it be shipped?",
+An asker's wrapper ("Would you say", "Can you spot", "Do you notice") is dropped first: the question is
+what follows it. A decision is read next, by its verb ("Should it be rejected?": presence; "Can it be shipped?",
 "Would you accept it?": normal). Then kinds are tried in the order location, other (a consequence or
 cause), type, normal, presence: "Could the crack cause leakage?" is a consequence, "Is the crack on the
 left?" a location question.
@@ -79,6 +80,17 @@ _NOT_PLACE = {"surface", "image", "picture", "photo", "test", "reference", "obje
               "top", "bottom", "edge", "corner", "side"}
 
 
+# "Would you say ...", "Can you spot ...", "Do you notice ...", "Would I find ...": the asker's wrapper, not a
+# consequence; the question is what follows it.
+_WRAPPER = re.compile(r"^(?:would|do|does|can|could|will|did)\s+(?:you|i|we|one)\s+(?:say|think|consider|describe|call|"
+                      r"notice|see|spot|find|observe|agree|detect|identify)\b(?:\s+that\b)?\s*")
+# Decisions put without the verbs of _DECISION: "take it out of the batch", "send it back" (reject); "send it
+# on to the customer" (accept).
+_REJECT = re.compile(r"\b(?:take|pull|set|remove)\s+(?:\w+\s+){0,3}(?:out\s+of|aside|off\s+the\s+line)\b"
+                     r"|\bsen[dt]\s+(?:\w+\s+){0,2}back\b")
+_SEND_ON = re.compile(r"\bsen[dt]\s+(?:\w+\s+){0,3}(?:on\s+to|to)\s+(?:the\s+)?(?:customer|client|buyer|next)\w*\b")
+
+
 def _keys(words: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(w[:5] for w in words if w.isalpha() and len(w) > 3 and w not in _STOP))
 
@@ -89,6 +101,14 @@ def ask(question: str | None) -> Ask:
     if not words:
         return Ask("other")
     text = " ".join(words)
+    if _REJECT.search(text):
+        return Ask("presence", keys=("rejec",))
+    if _SEND_ON.search(text):
+        return Ask("normal", keys=("ship",))
+    wrapper = _WRAPPER.match(text)
+    if wrapper and len(words) > len(wrapper.group(0).split()) + 1:
+        words = words[len(wrapper.group(0).split()):]
+        text = " ".join(words)
     places = lx.places(words)
     parts = {m.group(1) for m in _ON_PART.finditer(text)
              if not set(m.group(1).split()) & (_NOT_PLACE | lx.PLACE_WORDS | {"half", "part", "area", "region"})}

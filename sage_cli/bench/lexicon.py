@@ -61,6 +61,24 @@ GOOD = {"normal", "intact", "flawless", "fine", "perfect", "good", "acceptable",
         "matching", "resembles", "conforming", "healthy", "sound", "unaffected", "complete", "correct", "proper",
         "properly", "regular", "passes", "pass", "shippable", "ship", "shipped", "released", "release", "usable",
         "accepted", "accept", "approve", "approved", "qualified", "meets", "meet", "correctly", "conforms", "expected", "flawlessly", "fit", "in-place", "defectless", "spotless", "even"}
+# Consequence words: by their first five letters (CONSEQUENCE_STEMS, so "affects" and "weakened" count too), and
+# these whole words (their first five letters are no stem).
+CONSEQUENCE = {"break", "consistent", "critical", "due", "fail", "fails", "from", "functional", "harms", "leading",
+               "leaks", "likely", "matter", "matters", "need", "needs", "probably", "problematic", "result", "results",
+               "risks", "serious", "significant"}
+CONSEQUENCE_STEMS = {"affec", "compr", "weake", "reduc", "impai", "degra", "short", "spoil", "harm", "leak", "leaka",
+                     "failu", "allow", "creat", "incre", "worse", "sprea", "requi", "risk", "jeopa", "inter", "hinde",
+                     "preve", "block", "impac", "damag", "expos", "endan", "cause", "causi", "lead", "leads", "remov",
+                     "repai", "fixab", "fixed", "notic", "indic", "sugge", "point", "stems", "origi"}
+NO_CONSEQUENCE = {"cosmetic", "superficial", "harmless", "negligible", "unlikely", "insignificant", "irrelevant",
+                  "unaffected", "safe"}
+
+
+def is_consequence_word(w: str) -> bool:
+    """Whether w says what a defect does or what caused it ("affects", "weakened", "due")."""
+    return w in CONSEQUENCE or w[:5] in CONSEQUENCE_STEMS
+
+
 # Words that make the defect word after them ordinary ("natural spots", "normal texture marks").
 ORDINARY = {"natural", "normal", "typical", "usual", "expected", "inherent", "regular", "ordinary", "characteristic"}
 

@@ -17,6 +17,8 @@ question type), and on a group's detection question ``detect_label`` / ``detect_
 * MMAD's official summary (`mmad_summary`, protocol ``mmad``), see grading.py.
 * Yes/no accuracy on seen and unseen wordings (`by_wording`: whether a question matches a training
   template, prefs/wordings.py) and what always answering "no" / "yes" would score (`baselines`).
+* How many answers carry what their question asks for, by what it asks (`relevance`, bench/relevance.py:
+  a place for a location question, a kind for a type question, ...).
 """
 
 from __future__ import annotations
@@ -188,6 +190,24 @@ def baselines(samples: list[dict]) -> dict | None:
     return out
 
 
+def relevance(samples: list[dict]) -> dict | None:
+    """{"all": {rate, n}, "<kind>": {rate, n}}: the share of yes/no answers that carry what their question
+    asks for (bench/relevance.py), by what it asks (asks.ask's kind); None when no yes/no question was asked."""
+    from sage_cli.bench.asks import ask
+    from sage_cli.bench.relevance import answers_question
+
+    rows = [(ask(s.get("question")).kind, answers_question(str(s.get("question") or ""), str(s.get("answer") or ""),
+                                                           s.get("verdict_source")))
+            for s in samples if isinstance(s.get("truth"), bool)]
+    if not rows:
+        return None
+    out = {"all": {"rate": _mean(float(ok) for _, ok in rows), "n": len(rows)}}
+    for kind in sorted({k for k, _ in rows}):
+        mine = [ok for k, ok in rows if k == kind]
+        out[kind] = {"rate": _mean(float(ok) for ok in mine), "n": len(mine)}
+    return out
+
+
 def sbert_mean(samples: list[dict]) -> float | None:
     return _mean(s["sbert"] for s in samples if s.get("sbert") is not None)
 
@@ -220,6 +240,7 @@ def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sa
         "per_category": by_key(samples, "category"),
         "per_wording": by_wording(samples),
         "baselines": baselines(samples),
+        "answers_question": relevance(samples),
     }
     cal = calibrated(samples)
     if cal is not None:  # a calibrated checkpoint's verdicts at its stored threshold

@@ -78,15 +78,6 @@ _SEEN = {"present", "found", "detected", "visible", "observed", "seen", "evident
 _POST_NEG = {"none", "nowhere", "n/a", "nil"}
 _POST_SKIP = {":", "-", "is", "are", "was", "were", "be", "been", "being", "a", "an", "any", "at", "all", "can", "could",
               "be", "found", "detected", "visible", "observed", "seen", "present", "apparent", "evident"}
-# Consequence words: by their first five letters (_CONSEQ_STEMS, so "affects" and "weakened" count too), and
-# these whole words (their first five letters are no stem).
-_CONSEQ = {"break", "consistent", "critical", "due", "fail", "fails", "from", "functional", "harms", "leading",
-           "leaks", "likely", "matter", "matters", "need", "needs", "probably", "problematic", "result", "results",
-           "risks", "serious", "significant"}
-_CONSEQ_STEMS = {"affec", "compr", "weake", "reduc", "impai", "degra", "short", "spoil", "harm", "leak", "leaka",
-                 "failu", "allow", "creat", "incre", "worse", "sprea", "requi", "risk", "jeopa", "inter", "hinde",
-                 "preve", "block", "impac", "damag", "expos", "endan", "cause", "causi", "lead", "leads", "remov",
-                 "repai", "fixab", "fixed", "notic", "indic", "sugge", "point", "stems", "origi"}
 _COMPARATIVE_GOOD = {"same", "identical", "consistent", "match", "matches", "matching", "expected", "correct",
                      "complete", "proper", "properly", "regular", "sound", "pass", "ship", "release", "even", "fit"}
 _BESIDE_PART = {"lighting", "background", "shadow", "shadows", "reflection", "reflections", "glare", "exposure",
@@ -98,8 +89,6 @@ _AT = {"on", "at", "in", "near", "along", "around", "inside", "to"}
 _NOT_NOUN = {"of", "is", "are", "was", "and", "but", "not", "with", "in", "on", "at", "to", "which", "that"}
 _PART_STEMS = {"part", "objec", "image"}
 _CANONICAL_PLACES = {"top", "bottom", "left", "right", "center", "edge", "corner"}
-_NO_CONSEQ = {"cosmetic", "superficial", "harmless", "negligible", "unlikely", "insignificant", "irrelevant",
-              "unaffected", "safe"}
 
 
 @dataclass
@@ -244,9 +233,9 @@ def _read_clause(c: _Clause) -> None:
             if not set(phrase.split()) & (lx.PLACE_WORDS | {"half", "side", "part", "area", "region"}):
                 (c.not_parts if lx.negated(toks, i, reach=4) else c.parts).add(phrase)
         stem = w[:5]
-        if stem in _CONSEQ_STEMS or w in _CONSEQ:
+        if lx.is_consequence_word(w):
             c.leans.append(not lx.negated(toks, i) and not _post_negated(toks, i))
-        elif w in _NO_CONSEQ:
+        elif w in lx.NO_CONSEQUENCE:
             c.leans.append(lx.negated(toks, i))
         c.stems.append((stem, lx.negated(toks, i) != _post_negated(toks, i)))
     if "corner" in c.places:

@@ -235,6 +235,15 @@ def _breakdowns(console, res: dict) -> None:
                 b = base[name]
                 t.add_row(label, "", f"{100 * b['average']:.1f}", f"{100 * b['acc_g']:.1f}")
         console.print(t)
+    rel = m.get("answers_question")
+    if rel:
+        t = Table(title="answers that carry what the question asks (a place, a kind, a consequence, a verdict in "
+                        "words), by what it asks")
+        for c in ("question asks", "questions", "answers it"):
+            t.add_column(c, justify="left" if c == "question asks" else "right")
+        for kind, v in rel.items():
+            t.add_row("all" if kind == "all" else kind, str(v["n"]), f"{100 * v['rate']:.1f}")
+        console.print(t)
 
 
 def compare(

@@ -1,0 +1,49 @@
+"""bench/relevance.py: whether an answer carries what its question asks for (a place, a kind, a consequence,
+a verdict in words), and the summary's `answers_question` rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from sage_cli.bench.metrics import relevance
+from sage_cli.bench.relevance import answers_question
+
+CASES = [
+    # location
+    ("Is the damage near the top-left corner?", "Yes. A crack in the upper left of the shell.", True),
+    ("Is the damage near the top-left corner?", "No, it is on the right-hand side.", True),
+    ("Is the damage near the top-left corner?", "Yes. It is a crack.", False),
+    ("Is the scratch on the head of the screw?", "Yes, on the head.", True),
+    ("Is the defect in the lower right?", "No. There is no defect on this part.", True),  # nothing to place
+    # type
+    ("Is the flaw a fracture?", "No. It is a stain, not a fracture.", True),
+    ("Is the flaw a fracture?", "Yes. It is in the upper left.", False),
+    # consequence
+    ("Could what you see on this hazelnut stop it from working?", "Yes, the crack can spread and let moisture in.", True),
+    ("Could what you see on this hazelnut stop it from working?", "No, it is purely cosmetic.", True),
+    ("Could what you see on this hazelnut stop it from working?", "Yes. A small crack in the upper left.", False),
+    # presence / normal: a verdict in words
+    ("Can this hazelnut be shipped as it is?", "No, it has a crack.", True),
+    ("Is there any defect on the test object?", "", False),
+]
+
+
+@pytest.mark.parametrize("question,answer,want", CASES)
+def test_answers_carry_what_the_question_asks(question, answer, want):
+    assert answers_question(question, answer) is want
+
+
+def test_a_verdict_read_from_p_yes_does_not_answer_in_words():
+    q = "Is this hazelnut in perfect condition?"
+    assert answers_question(q, "The hazelnut.", "p_yes") is False
+    assert answers_question(q, "No, it has a crack.", "word") is True
+
+
+def test_rates_by_what_the_question_asks():
+    samples = [{"question": q, "answer": a, "truth": True, "verdict_source": "word"} for q, a, _ in CASES]
+    samples.append({"question": "Which letter?", "answer": "B", "truth": "B"})  # multiple choice: left out
+    rel = relevance(samples)
+    assert rel["all"]["n"] == len(CASES)
+    assert rel["location"] == {"rate": pytest.approx(4 / 5), "n": 5}
+    assert rel["type"] == {"rate": 0.5, "n": 2} and rel["other"]["n"] == 3
+    assert relevance([{"question": "Which?", "truth": "A", "answer": "A"}]) is None
