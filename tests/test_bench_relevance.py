@@ -8,6 +8,7 @@ import pytest
 from sage_cli.bench.metrics import relevance
 from sage_cli.bench.relevance import answers_question
 
+STOP = "Could what you see on this hazelnut stop it from working?"
 CASES = [
     # location
     ("Is the damage near the top-left corner?", "Yes. A crack in the upper left of the shell.", True),
@@ -19,9 +20,9 @@ CASES = [
     ("Is the flaw a fracture?", "No. It is a stain, not a fracture.", True),
     ("Is the flaw a fracture?", "Yes. It is in the upper left.", False),
     # consequence
-    ("Could what you see on this hazelnut stop it from working?", "Yes, the crack can spread and let moisture in.", True),
-    ("Could what you see on this hazelnut stop it from working?", "No, it is purely cosmetic.", True),
-    ("Could what you see on this hazelnut stop it from working?", "Yes. A small crack in the upper left.", False),
+    (STOP, "Yes, the crack can spread and let moisture in.", True),
+    (STOP, "No, it is purely cosmetic.", True),
+    (STOP, "Yes. A small crack in the upper left.", False),
     # presence / normal: a verdict in words
     ("Can this hazelnut be shipped as it is?", "No, it has a crack.", True),
     ("Is there any defect on the test object?", "", False),

@@ -15,28 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-from sage_cli.models.engine import Answer, Engine
-from sage_cli.models.sage import SageModel
-from test_serve import LIMITS, Running, _ask, _body, _good
+from sage_cli.models.engine import Answer
+from test_serve import LIMITS, Running, _ask, _body, _good, engine, srv  # noqa: F401  (fixtures: one per module)
 from tiny_models import noise_image as _img
-from tiny_models import tiny_composed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    torch.manual_seed(0)
-    return Engine(SageModel(tiny_composed(), k_patches=2), "tiny")
-
-
-@pytest.fixture(scope="module")
-def srv(engine):
-    s = Running(engine)
-    yield s
-    s.close()
 
 
 def _raw(srv, method, path, body=None, headers=None):

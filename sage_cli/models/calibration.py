@@ -369,8 +369,8 @@ def measure(engine, pairs: list[Pair], names, question: str = DEFAULT_QUESTION, 
         amap = engine.anomaly(prefix)
         if p is None:
             raise SageError(f"{engine.backbone_name}: its tokenizer has no yes/no tokens; P(yes) cannot be read")
-        rows.append({"test": str(pair.test), "reference": str(pair.reference),
-                     **({"more_references": [str(m) for m in pair.more]} if pair.more else {}), "category": pair.category,
+        more = {"more_references": [str(m) for m in pair.more]} if pair.more else {}
+        rows.append({"test": str(pair.test), "reference": str(pair.reference), **more, "category": pair.category,
                      "defective": pair.defective, "p_yes": p, "map_max": amap.max, "map_mean": amap.mean,
                      "features": feature_values(names, p, amap)})
         if progress is not None:
