@@ -101,7 +101,7 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
-def kind_words(key: str, noun: str, rng) -> str:
+def _kind_words(key: str, noun: str, rng) -> str:
     return rng.choice(SYNONYMS.get(key, (noun,)))
 
 
@@ -114,11 +114,10 @@ def held_out_questions(w, rng) -> list[Question]:
     ids = ["presence", rng.choice(normal_side), "type"]
     ids.append("location" if not f.anomalous or (f.location is not None and w.clear) else "type")
     ids.append(rng.choice(("ship", "reject", "consequence")))
-    qs = [_ask(_BY_ID[i], w, rng) for i in ids]
-    return qs
+    return [_question(_BY_ID[i], w, rng) for i in ids]
 
 
-def _ask(fam: Family, w, rng) -> Question:
+def _question(fam: Family, w, rng) -> Question:
     f, fields = w.f, dict(w.fields)
     bad = f.anomalous
     expert = _expert(w)
@@ -136,7 +135,7 @@ def _ask(fam: Family, w, rng) -> Question:
     else:  # type: the defect's own kind, or another one, in other words
         asked_true = bad and rng.random() < 0.5
         d = f.defect if asked_true else f.wrong[0]
-        kind = kind_words(d.key, d.noun, rng)
+        kind = _kind_words(d.key, d.noun, rng)
         fields.update(kind=kind, kind_a=_a(kind))
         truth = asked_true
     text = rng.choice(fam.templates).format(**fields)
