@@ -43,8 +43,26 @@ def test_a_verdict_read_from_p_yes_does_not_answer_in_words():
 def test_rates_by_what_the_question_asks():
     samples = [{"question": q, "answer": a, "truth": True, "verdict_source": "word"} for q, a, _ in CASES]
     samples.append({"question": "Which letter?", "answer": "B", "truth": "B"})  # multiple choice: left out
+    for i, s in enumerate(samples[:-1]):
+        s.update(correct=i % 2 == 0, p_yes=0.9)
     rel = relevance(samples)
-    assert rel["all"]["n"] == len(CASES)
-    assert rel["location"] == {"rate": pytest.approx(4 / 5), "n": 5}
-    assert rel["type"] == {"rate": 0.5, "n": 2} and rel["other"]["n"] == 3
+    assert rel["all"]["n"] == len(CASES) and rel["all"]["accuracy"] == 0.5
+    assert rel["location"]["rate"] == pytest.approx(4 / 5) and rel["location"]["n"] == 5
+    assert rel["type"]["rate"] == 0.5 and rel["type"]["n"] == 2 and rel["other"]["n"] == 3
+    assert rel["all"]["p_yes_auroc"] is None  # every truth is yes here: one class, no AUROC
+
+
+def test_p_yes_auroc_per_kind_shows_a_model_that_ignores_polarity():
+    """A model whose P(yes) means "defective?" whatever is asked: AUROC 1 on presence questions, 0 on
+    "free of defects?" ones (their yes means the part is fine)."""
+    samples = []
+    for defective in (True, False):
+        p = 0.9 if defective else 0.1
+        samples.append({"question": "Is there any defect?", "truth": defective, "p_yes": p, "correct": True,
+                        "answer": "Yes." if defective else "No.", "verdict_source": "word"})
+        samples.append({"question": "Is it free of defects?", "truth": not defective, "p_yes": p, "correct": False,
+                        "answer": "Yes." if defective else "No.", "verdict_source": "word"})
+    rel = relevance(samples)
+    assert rel["presence"]["p_yes_auroc"] == 1.0 and rel["normal"]["p_yes_auroc"] == 0.0
+    assert rel["normal"]["accuracy"] == 0.0
     assert relevance([{"question": "Which?", "truth": "A", "answer": "A"}]) is None

@@ -133,7 +133,7 @@ def test_bench_asks_the_held_out_families(make_tiny_mvtec, tmp_path, capsys, mon
     assert w["seen"]["questions"] == 15 and w["unseen"]["questions"] == 15 and "presence" in w["families"]
     assert set(res["metrics"]["baselines"]) == {"always_no", "always_yes"}
     assert "accuracy by wording" in printed and "held-out family: presence" in printed
-    assert res["metrics"]["answers_question"]["all"]["n"] == 30 and "answers that carry what the question" in printed
+    assert res["metrics"]["answers_question"]["all"]["n"] == 30 and "answers that carry it" in printed
     rc = run(["bench", "mvtec", "--root", str(root), "--backbone", str(vlm), "--out", str(out), "--resume",
               "--max-new-tokens", "2", "--no-sbert", "--no-plots"])
     assert rc == 1 and "wordings" in capsys.readouterr().err  # a resumed run keeps its wordings

@@ -191,20 +191,26 @@ def baselines(samples: list[dict]) -> dict | None:
 
 
 def relevance(samples: list[dict]) -> dict | None:
-    """{"all": {rate, n}, "<kind>": {rate, n}}: the share of yes/no answers that carry what their question
-    asks for (bench/relevance.py), by what it asks (asks.ask's kind); None when no yes/no question was asked."""
+    """{"all" | "<kind>": {rate, n, accuracy, p_yes_auroc}} by what the question asks (asks.ask's kind): the
+    share of yes/no answers that carry what it asks for (bench/relevance.py), their accuracy, and the AUROC of
+    P(yes) against the truth; None when no yes/no question was asked."""
     from sage_cli.bench.asks import ask
     from sage_cli.bench.relevance import answers_question
 
-    rows = [(ask(s.get("question")).kind, answers_question(str(s.get("question") or ""), str(s.get("answer") or ""),
-                                                           s.get("verdict_source")))
-            for s in samples if isinstance(s.get("truth"), bool)]
-    if not rows:
+    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    if not yes_no:
         return None
-    out = {"all": {"rate": _mean(float(ok) for _, ok in rows), "n": len(rows)}}
-    for kind in sorted({k for k, _ in rows}):
-        mine = [ok for k, ok in rows if k == kind]
-        out[kind] = {"rate": _mean(float(ok) for ok in mine), "n": len(mine)}
+    kinds = [ask(s.get("question")).kind for s in yes_no]
+    out = {}
+    for kind in ["all", *sorted(set(kinds))]:
+        mine = [s for s, k in zip(yes_no, kinds) if kind in ("all", k)]
+        ok = [answers_question(str(s.get("question") or ""), str(s.get("answer") or ""), s.get("verdict_source"))
+              for s in mine]
+        scored = [s for s in mine if s.get("p_yes") is not None]
+        # does the first token's P(yes) follow this kind's truth? (a model that reads every question as "is
+        # it defective?" scores far below 0.5 on the "normal" kind, whose yes means the part is fine)
+        out[kind] = {"rate": _mean(float(x) for x in ok), "n": len(mine), "accuracy": _mean(float(s["correct"]) for s in mine),
+                     "p_yes_auroc": auroc([s["truth"] for s in scored], [float(s["p_yes"]) for s in scored])}
     return out
 
 

@@ -237,12 +237,14 @@ def _breakdowns(console, res: dict) -> None:
         console.print(t)
     rel = m.get("answers_question")
     if rel:
-        t = Table(title="answers that carry what the question asks (a place, a kind, a consequence, a verdict in "
-                        "words), by what it asks")
-        for c in ("question asks", "questions", "answers it"):
+        t = Table(title="by what the question asks: answers that carry it (a place, a kind, a consequence, a "
+                        "verdict in words), accuracy, and P(yes) against the truth (normal: yes = the part is fine)")
+        for c in ("question asks", "questions", "answers it", "accuracy", "P(yes) AUROC"):
             t.add_column(c, justify="left" if c == "question asks" else "right")
         for kind, v in rel.items():
-            t.add_row("all" if kind == "all" else kind, str(v["n"]), f"{100 * v['rate']:.1f}")
+            auc = v.get("p_yes_auroc")
+            t.add_row(kind, str(v["n"]), f"{100 * v['rate']:.1f}", f"{100 * v['accuracy']:.1f}",
+                      "-" if auc is None else f"{auc:.3f}")
         console.print(t)
 
 
