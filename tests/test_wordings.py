@@ -134,6 +134,12 @@ def test_bench_asks_the_held_out_families(make_tiny_mvtec, tmp_path, capsys, mon
     assert set(res["metrics"]["baselines"]) == {"always_no", "always_yes"}
     assert "accuracy by wording" in printed and "held-out family: presence" in printed
     assert res["metrics"]["answers_question"]["all"]["n"] == 30 and "answers that carry it" in printed
+    assert run(["bench", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    capsys.readouterr()
+    head, row = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
+    cols = dict(zip(head.split(","), row.split(",")))
+    assert float(cols["Unseen"]) == pytest.approx(100 * w["unseen"]["accuracy"], abs=0.05)
+    assert float(cols["Always No"]) == pytest.approx(100 * res["metrics"]["baselines"]["always_no"]["average"], abs=0.05)
     rc = run(["bench", "mvtec", "--root", str(root), "--backbone", str(vlm), "--out", str(out), "--resume",
               "--max-new-tokens", "2", "--no-sbert", "--no-plots"])
     assert rc == 1 and "wordings" in capsys.readouterr().err  # a resumed run keeps its wordings

@@ -12,6 +12,7 @@ import io
 
 COLUMNS = ("Standard", "Identification", "Diagnosis", "Average", "Acc-G", "SBERT", "AUROC", "Map AUROC")
 MLE_COLUMNS = ("Type", "Location", "Logic", "Score")  # Table 2 and Table 3's "Score"
+WORDING_COLUMNS = ("Seen", "Unseen", "Always No")  # accuracy on seen / unseen wordings, the constant answer
 
 
 def _pct(v) -> str:
@@ -58,6 +59,18 @@ def detection_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+def wording_cells(results: dict) -> list[str]:
+    """WORDING_COLUMNS of one run (prefs/wordings.py; "-" for a run from before them or without such questions)."""
+    m = results.get("metrics") or {}
+    w, base = m.get("per_wording") or {}, (m.get("baselines") or {}).get("always_no") or {}
+    return [_pct((w.get("seen") or {}).get("accuracy")), _pct((w.get("unseen") or {}).get("accuracy")),
+            _pct(base.get("average"))]
+
+
+def has_wordings(results: list[dict]) -> bool:
+    return any((r.get("metrics") or {}).get("per_wording") for r in results)
+
+
 def protocol_of(results: dict) -> str:
     return str(results.get("protocol") or "sage")
 
@@ -67,22 +80,24 @@ def has_mle(results: list[dict]) -> bool:
 
 
 def to_csv(names: list[str], results: list[dict]) -> str:
-    mle = has_mle(results)
+    mle, words = has_mle(results), has_wordings(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "format", "protocol", "shots", *COLUMNS, *(MLE_COLUMNS if mle else ()), "questions",
-                "AUROC n", "Map AUROC n"])
+    w.writerow(["run", "format", "protocol", "shots", *COLUMNS, *(MLE_COLUMNS if mle else ()),
+                *(WORDING_COLUMNS if words else ()), "questions", "AUROC n", "Map AUROC n"])
     for name, r in zip(names, results):
         cfg, m = r.get("config") or {}, r.get("metrics") or {}
         w.writerow([name, r.get("format"), protocol_of(r), cfg.get("shots"), *cells(r, mle, with_n=False),
-                    (r.get("counts") or {}).get("questions"), m.get("auroc_groups"), m.get("auroc_map_groups")])
+                    *(wording_cells(r) if words else ()), (r.get("counts") or {}).get("questions"),
+                    m.get("auroc_groups"), m.get("auroc_map_groups")])
     return buf.getvalue()
 
 
 def to_markdown(names: list[str], results: list[dict]) -> str:
-    mle = has_mle(results)
-    head = ["Run", "Protocol", *COLUMNS, *(MLE_COLUMNS if mle else ())]
+    mle, words = has_mle(results), has_wordings(results)
+    head = ["Run", "Protocol", *COLUMNS, *(MLE_COLUMNS if mle else ()), *(WORDING_COLUMNS if words else ())]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     for name, r in zip(names, results):
-        lines.append("| " + " | ".join([name.replace("|", "\\|"), protocol_of(r), *cells(r, mle)]) + " |")
+        row = [name.replace("|", "\\|"), protocol_of(r), *cells(r, mle), *(wording_cells(r) if words else ())]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -275,13 +275,14 @@ def compare(
         results.append(res)
     if len(set(names)) < len(names):  # same folder name in different places: show more of the path
         names = [str(Path(r.parent if r.is_file() else r)) for r in runs]
-    mle = report.has_mle(results)
+    mle, words = report.has_mle(results), report.has_wordings(results)
     t = Table(title=f"sage bench compare · {len(results)} runs")
-    for c in ("run", "format", "protocol", "shots", *report.COLUMNS, *(report.MLE_COLUMNS if mle else ())):
+    for c in ("run", "format", "protocol", "shots", *report.COLUMNS, *(report.MLE_COLUMNS if mle else ()),
+              *(report.WORDING_COLUMNS if words else ())):
         t.add_column(c, justify="left" if c in ("run", "format", "protocol") else "right")
     for name, res in zip(names, results):
         t.add_row(name, str(res.get("format")), report.protocol_of(res), str((res.get("config") or {}).get("shots")),
-                  *report.cells(res, mle))
+                  *report.cells(res, mle), *(report.wording_cells(res) if words else ()))
     console = Console()
     console.print(t)
     err = Console(stderr=True)
