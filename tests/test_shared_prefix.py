@@ -27,7 +27,7 @@ from sage_cli.models.sage import SageModel
 from sage_cli.train.examples import PairExample, SFEExample, run_alone, share_prefixes
 from sage_cli.train.objective import Batch, EDPOObjective, SFEObjective
 from sage_cli.train.packing import branch_mask, can_pack
-from sage_cli.train.setup import block_order, epoch_batches, part_of
+from sage_cli.train.setup import block_order, epoch_batches, mark_trainable
 from tiny_models import noise_images, save_tiny_internvl, save_tiny_qwen2_vl, tiny_composed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,13 +98,7 @@ def _trainable(model, stage: str, use_lora: bool):
     if use_lora:
         lora.apply(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                        "gate_proj", "up_proj", "down_proj"])
-    model.requires_grad_(False)
-    for name, p in model.named_parameters():
-        part = part_of(name)
-        if part == "adapter" or (part in ("fusion", "projector") and stage == "sfe"):
-            p.requires_grad_(True)
-        elif part == "llm":
-            p.requires_grad_("lora_" in name if use_lora else True)
+    mark_trainable(model, stage, lora_on=use_lora)
     return model
 
 

@@ -188,6 +188,18 @@ def model_dtype(recipe, device) -> torch.dtype:
     return torch.float32
 
 
+def mark_trainable(model, stage: str, lora_on: bool) -> None:
+    """What a stage trains: the adapter always, fusion and projection in SFE only (E-DPO keeps them frozen),
+    and the LLM's LoRA weights (`lora_on`) or the whole LLM; everything else frozen."""
+    model.requires_grad_(False)
+    for name, p in model.named_parameters():
+        part = part_of(name)
+        if part == "adapter" or (part in ("fusion", "projector") and stage == "sfe"):
+            p.requires_grad_(True)
+        elif part == "llm":
+            p.requires_grad_("lora_" in name if lora_on else True)
+
+
 def build_model(recipe, stage: str, dtype: torch.dtype, device) -> tuple[SageModel, dict | None]:
     """SageModel for the recipe: backbone, SAGE settings, the start checkpoint, LoRA, and what trains;
     returns it with its LoRA settings (None: the LLM trains whole).
@@ -212,13 +224,7 @@ def build_model(recipe, stage: str, dtype: torch.dtype, device) -> tuple[SageMod
         ckpt.load_into(model, start, mc.backbone)  # injects the checkpoint's LoRA first, if it has one
     elif recipe.lora.enabled:
         lora_settings = lora.apply(model, **lora.settings_of(recipe.lora))
-    model.requires_grad_(False)
-    for name, p in model.named_parameters():
-        part = part_of(name)
-        if part == "adapter" or (part in ("fusion", "projector") and stage == "sfe"):
-            p.requires_grad_(True)
-        elif part == "llm":
-            p.requires_grad_("lora_" in name if lora_settings else True)
+    mark_trainable(model, stage, lora_on=bool(lora_settings))
     # trainable weights stay float32 (AdamW states in bf16 lose small updates); frozen ones keep `dtype`
     for p in model.parameters():
         if p.requires_grad:
