@@ -40,6 +40,33 @@ def write_mask(path: Path, size=(16, 16), box=None) -> Path:
     return path
 
 
+def write_widget_qa(root: Path, options: list[list[str]]) -> dict:
+    """4 widget test/reference pairs under root/data (56x56 PNGs), one QA group each with a question per
+    entry of `options` (its four ranked answers; the answer is yes when the best one starts with "Yes"), the
+    ΔH_min / ΔH_max pairs of every question, and a facts file. Returns the paths training reads."""
+    d = root / "data"
+    groups, pairs = [], []
+    for g in range(4):
+        test, ref = f"widget/test/{g:03d}.png", f"widget/train/{g:03d}.png"
+        write_image(d / test, size=(56, 56), color=(200 - 30 * g, 60 + 25 * g, 50))
+        write_image(d / ref, size=(56, 56), color=(100 + 10 * g, 100, 100))
+        qs = []
+        for q, opts in enumerate(options):
+            question = f"Question {q} about widget {g}: is anything wrong?"
+            qs.append({"question": question, "answer": opts[0].startswith("Yes"), "options": opts})
+            for kind, chosen in (("min", opts[1]), ("max", opts[0])):
+                pairs.append({"format": "sage-pairs/1", "group_id": f"w{g}", "q": q, "test_image": test,
+                              "reference_image": ref, "question": question, "chosen": chosen, "rejected": opts[3],
+                              "delta_h": 0.05 * (g + 1) + 0.01 * q + (0.1 if kind == "max" else 0), "kind": kind})
+        groups.append({"format": "sage-qa/1", "id": f"w{g}", "domain": "industrial", "category": "widget",
+                       "test_image": test, "reference_image": ref, "pair_type": "standard", "questions": qs})
+    qa, pairs_path, facts = root / "qa.jsonl", root / "pairs.jsonl", root / "facts.txt"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in groups))
+    pairs_path.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    facts.write_text("The widget is a flat grey square.\nA scratch is a thin bright line.\n")
+    return {"qa": qa, "pairs": pairs_path, "facts": facts, "images": d}
+
+
 def truncate(path: Path, keep: float = 0.5) -> Path:
     """Cut a file to ``keep`` of its bytes: the header still opens, decoding fails."""
     data = path.read_bytes()

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from conftest import write_image, write_mask
 from sage_cli.cli import run
+from test_train import make_world
 from tiny_models import save_tiny_qwen2_vl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,21 +27,7 @@ def world(tmp_path_factory):
     """A tiny Qwen2-VL, a tiny MVTec-style set, its QA groups, preference pairs and facts."""
     root = tmp_path_factory.mktemp("qwen-train")
     os.environ["SAGE_CACHE"] = str(root / "cache")  # the feature cache stays in tmp (subprocesses inherit it)
-    vlm = save_tiny_qwen2_vl(root / "vlm", "2")
-    d = root / "data" / "widget"
-    for i in range(4):
-        write_image(d / f"train/good/{i:03d}.png", size=(56, 56), color=(100 + 10 * i, 100, 100))
-    write_image(d / "test/good/000.png", size=(56, 56), color=(105, 100, 100))
-    for i in range(3):
-        write_image(d / f"test/scratch/{i:03d}.png", size=(56, 56), color=(200, 50 + 20 * i, 50))
-        write_mask(d / f"ground_truth/scratch/{i:03d}_mask.png", size=(56, 56), box=(10, 10, 30, 30))
-    assert run(["prefs", "build", "--from", str(root / "data"), "--out", str(root / "prefs"), "--val-frac", "0"]) == 0
-    assert run(["score", "mle", str(root / "prefs/train.jsonl"), "--out", str(root / "scores"),
-                "--judge", "offline:sbert"]) == 0
-    facts = root / "facts.txt"
-    facts.write_text("The widget is a flat square.\nA scratch is a thin bright line.\n")
-    yield {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl",
-           "facts": facts}
+    yield make_world(root, save_tiny_qwen2_vl(root / "vlm", "2"))
     os.environ.pop("SAGE_CACHE", None)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image
+from conftest import write_widget_qa
 from sage_cli.models import lora
 from sage_cli.models.sage import SageModel
 from sage_cli.train.examples import PairExample, SFEExample, run_alone, share_prefixes
@@ -248,28 +248,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared")
     os.environ["SAGE_CACHE"] = str(root / "cache")
     vlm = save_tiny_internvl(root / "vlm")
-    d = root / "data"
-    groups, pairs = [], []
-    for g in range(4):
-        test, ref = f"widget/test/{g:03d}.png", f"widget/train/{g:03d}.png"
-        write_image(d / test, size=(56, 56), color=(200 - 30 * g, 60 + 25 * g, 50))
-        write_image(d / ref, size=(56, 56), color=(100 + 10 * g, 100, 100))
-        qs = []
-        for q in range(3):
-            question = f"Question {q} about widget {g}: is anything wrong?"
-            opts = [f"Yes. A scratch {q} in the upper left.", "Yes, maybe.", "No, a mark.", "No. It is clean."]
-            qs.append({"question": question, "answer": True, "options": opts})
-            for kind, chosen in (("min", opts[1]), ("max", opts[0])):
-                pairs.append({"format": "sage-pairs/1", "group_id": f"w{g}", "q": q, "test_image": test,
-                              "reference_image": ref, "question": question, "chosen": chosen, "rejected": opts[3],
-                              "delta_h": 0.05 * (g + 1) + 0.01 * q + (0.1 if kind == "max" else 0), "kind": kind})
-        groups.append({"format": "sage-qa/1", "id": f"w{g}", "domain": "industrial", "category": "widget",
-                       "test_image": test, "reference_image": ref, "pair_type": "standard", "questions": qs})
-    qa, pairs_path, facts = root / "qa.jsonl", root / "pairs.jsonl", root / "facts.txt"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in groups))
-    pairs_path.write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    facts.write_text("The widget is a flat grey square.\nA scratch is a thin bright line.\n")
-    yield {"root": root, "vlm": vlm, "qa": qa, "pairs": pairs_path, "facts": facts, "images": d}
+    options = [[f"Yes. A scratch {q} in the upper left.", "Yes, maybe.", "No, a mark.", "No. It is clean."]
+               for q in range(3)]
+    yield {"root": root, "vlm": vlm, **write_widget_qa(root, options)}
     os.environ.pop("SAGE_CACHE", None)
 
 

@@ -115,7 +115,13 @@ def world(tmp_path_factory):
     """A tiny VLM, a tiny data set, its QA groups and its preference pairs."""
     root = tmp_path_factory.mktemp("train")
     os.environ["SAGE_CACHE"] = str(root / "cache")  # the feature cache stays in tmp (subprocesses inherit it)
-    vlm = save_tiny_internvl(root / "vlm")
+    yield make_world(root, save_tiny_internvl(root / "vlm"))
+    os.environ.pop("SAGE_CACHE", None)
+
+
+def make_world(root, vlm) -> dict:
+    """Under root: a tiny MVTec-style widget set (4 normals, 1 normal and 3 scratched tests with masks), its QA
+    groups (`sage prefs build`), preference pairs (`sage score mle --judge offline:sbert`) and a facts file."""
     d = root / "data" / "widget"
     for i in range(4):
         write_image(d / f"train/good/{i:03d}.png", size=(56, 56), color=(100 + 10 * i, 100, 100))
@@ -128,9 +134,8 @@ def world(tmp_path_factory):
                 "--judge", "offline:sbert"]) == 0
     facts = root / "facts.txt"  # facts_mode fe needs facts: one generic list for every image
     facts.write_text("The widget is a flat square.\nA scratch is a thin bright line.\n")
-    yield {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl",
-           "facts": facts}
-    os.environ.pop("SAGE_CACHE", None)
+    return {"root": root, "vlm": vlm, "qa": root / "prefs/train.jsonl", "pairs": root / "scores/pairs.jsonl",
+            "facts": facts}
 
 
 def _sfe_args(w, out, *extra):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image
+from conftest import write_widget_qa
 from sage_cli.cli import run
 from tiny_models import save_tiny_internvl
 
@@ -49,29 +49,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("kept")
     os.environ["SAGE_CACHE"] = str(root / "cache")  # the feature cache stays in tmp
     vlm = save_tiny_internvl(root / "vlm")
-    d = root / "data"
-    groups, pairs = [], []
-    for g in range(4):
-        test = f"widget/test/{g:03d}.png"
-        ref = f"widget/train/{g:03d}.png"
-        write_image(d / test, size=(56, 56), color=(200 - 30 * g, 60 + 25 * g, 50))
-        write_image(d / ref, size=(56, 56), color=(100 + 10 * g, 100, 100))
-        qs = []
-        for q, opts in enumerate(OPTIONS):
-            question = f"Question {q} about widget {g}: is anything wrong?"
-            qs.append({"question": question, "answer": opts[0].startswith("Yes"), "options": opts})
-            for kind, chosen in (("min", opts[1]), ("max", opts[0])):
-                pairs.append({"format": "sage-pairs/1", "group_id": f"w{g}", "q": q, "test_image": test,
-                              "reference_image": ref, "question": question, "chosen": chosen,
-                              "rejected": opts[3], "delta_h": 0.05 * (g + 1) + 0.01 * q + (0.1 if kind == "max" else 0),
-                              "kind": kind})
-        groups.append({"format": "sage-qa/1", "id": f"w{g}", "domain": "industrial", "category": "widget",
-                       "test_image": test, "reference_image": ref, "pair_type": "standard", "questions": qs})
-    qa, pairs_path, facts = root / "qa.jsonl", root / "pairs.jsonl", root / "facts.txt"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in groups))
-    pairs_path.write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    facts.write_text("The widget is a flat grey square.\nA scratch is a thin bright line.\n")
-    yield {"root": root, "vlm": vlm, "qa": qa, "pairs": pairs_path, "facts": facts, "images": d}
+    yield {"root": root, "vlm": vlm, **write_widget_qa(root, OPTIONS)}
     os.environ.pop("SAGE_CACHE", None)
 
 
