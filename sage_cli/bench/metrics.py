@@ -159,12 +159,17 @@ def by_key(samples: list[dict], key: str) -> dict[str, dict]:
                 "groups": len(groups_of(v))} for k, v in sorted(parts.items())}
 
 
+def _yes_no(samples: list[dict]) -> list[dict]:
+    """The samples of yes/no questions (MMAD's lettered ones have a letter for truth)."""
+    return [s for s in samples if isinstance(s.get("truth"), bool)]
+
+
 def by_wording(samples: list[dict]) -> dict | None:
     """Yes/no questions split by wording (prefs/wordings.py): {"seen": ..., "unseen": ...} as `by_key`, and
     "families": the same per held-out family found. None when no yes/no question was asked."""
     from sage_cli.prefs.wordings import wording_of
 
-    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    yes_no = _yes_no(samples)
     if not yes_no:
         return None
     tagged = []
@@ -180,7 +185,7 @@ def by_wording(samples: list[dict]) -> dict | None:
 
 def baselines(samples: list[dict]) -> dict | None:
     """{always_no, always_yes}: {average, acc_g} a constant answer scores on the yes/no questions asked."""
-    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    yes_no = _yes_no(samples)
     if not yes_no:
         return None
     out = {}
@@ -197,15 +202,16 @@ def relevance(samples: list[dict]) -> dict | None:
     from sage_cli.bench.asks import ask
     from sage_cli.bench.relevance import answers_question
 
-    yes_no = [s for s in samples if isinstance(s.get("truth"), bool)]
+    yes_no = _yes_no(samples)
     if not yes_no:
         return None
-    kinds = [ask(s.get("question")).kind for s in yes_no]
+    asked = [ask(s.get("question")) for s in yes_no]
+    carried = [answers_question(str(s.get("question") or ""), str(s.get("answer") or ""), s.get("verdict_source"), a)
+               for s, a in zip(yes_no, asked)]  # each answer read once, whatever kind it is counted under
     out = {}
-    for kind in ["all", *sorted(set(kinds))]:
-        mine = [s for s, k in zip(yes_no, kinds) if kind in ("all", k)]
-        ok = [answers_question(str(s.get("question") or ""), str(s.get("answer") or ""), s.get("verdict_source"))
-              for s in mine]
+    for kind in ["all", *sorted({a.kind for a in asked})]:
+        picked = [i for i, a in enumerate(asked) if kind in ("all", a.kind)]
+        mine, ok = [yes_no[i] for i in picked], [carried[i] for i in picked]
         scored = [s for s in mine if s.get("p_yes") is not None]
         # does the first token's P(yes) follow this kind's truth? (a model that reads every question as "is
         # it defective?" scores far below 0.5 on the "normal" kind, whose yes means the part is fine)

@@ -20,7 +20,7 @@ whether the content is right: the yes/no grade does that.
 from __future__ import annotations
 
 from sage_cli.bench import lexicon as lx
-from sage_cli.bench.asks import ask
+from sage_cli.bench.asks import Ask, ask
 
 WORD_SOURCES = ("word", "claim", "paper", "judge")  # verdict sources that read the answer's words
 
@@ -33,20 +33,22 @@ def _no_defect(tokens: list[str]) -> bool:
     return bool(set(tokens) & {"normal", "intact", "flawless", "undamaged", "defect-free", "nothing"})
 
 
-def answers_question(question: str, answer: str, verdict_source: str | None = None) -> bool:
-    """Whether `answer` carries what `question` asks for (module doc)."""
+def answers_question(question: str, answer: str, verdict_source: str | None = None, asked: Ask | None = None) -> bool:
+    """Whether `answer` carries what `question` asks for (module doc); `asked`: `ask(question)` when the
+    caller has it already."""
     tokens = lx.words(answer)
     if not tokens:
         return False
-    kind = ask(question).kind
+    asked = asked or ask(question)
+    kind = asked.kind
     if kind in ("presence", "normal"):
         return verdict_source in WORD_SOURCES if verdict_source is not None else True
     if _no_defect(tokens):
         return True
     if kind == "location":
-        asked = ask(question).places
         said = lx.places(tokens) or ({"side"} if "side" in tokens else set())
-        return bool(said) or any(p in " ".join(tokens) for p in asked if " " in p or p not in lx.PLACE_WORDS)
+        text = " ".join(tokens)
+        return bool(said) or any(p in text for p in asked.places if " " in p or p not in lx.PLACE_WORDS)
     if kind == "type":
         return any(lx.type_of(tokens, i) for i in range(len(tokens)))
     return any(lx.is_consequence_word(w) or w in lx.NO_CONSEQUENCE for w in tokens)

@@ -168,11 +168,11 @@ def _print_plan(console, run, facts: str | None, missing: list[str]) -> None:
 
 def _shared_prefix_line(run) -> str:
     """How the micro-batches run their prompts: each shared prefix once (packed), or each sequence alone."""
-    from sage_cli.train.packing import can_pack
+    from sage_cli.train.packing import attn_implementation, can_pack
 
     if not run.recipe.train.shared_prefix:
         return "off (train.shared_prefix=false): each sequence runs alone"
-    attn = getattr(run.model.backbone.language_model.config, "_attn_implementation", None)
+    attn = attn_implementation(run.model)
     if not can_pack(run.model):
         return f"on, but {attn} attention takes no 4-D mask: each sequence runs alone"
     prompts = len({e.prefix for e in run.train_set})

@@ -29,9 +29,14 @@ from sage_cli.train.losses import Targets
 PACKABLE = ("sdpa", "eager")  # attention implementations that read a custom 4-D mask
 
 
+def attn_implementation(model) -> str | None:
+    """The LLM's attention implementation as transformers set it ("sdpa", "eager", "flash_attention_2", ...)."""
+    return getattr(model.backbone.language_model.config, "_attn_implementation", None)
+
+
 def can_pack(model) -> bool:
     """Whether the LLM's attention takes the 4-D mask a packed row needs."""
-    return getattr(model.backbone.language_model.config, "_attn_implementation", None) in PACKABLE
+    return attn_implementation(model) in PACKABLE
 
 
 @dataclass
@@ -87,7 +92,7 @@ def branch_mask(segment: torch.Tensor, model, dtype: torch.dtype) -> torch.Tenso
     causal = torch.ones(t, t, dtype=torch.bool, device=segment.device).tril()  # [T, T]
     q, k = segment[:, :, None], segment[:, None, :]  # [R, T, 1], [R, 1, T]
     allowed = (causal & ((k == 0) | (k == q)))[:, None]  # [R, 1, T, T]
-    if model.backbone.language_model.config._attn_implementation == "sdpa":
+    if attn_implementation(model) == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
