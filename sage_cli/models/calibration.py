@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sage_cli.bench.auroc import auroc  # the benchmarks' AUROC: ties one half, None with one class
 from sage_cli.defaults import DEFAULT_QUESTION
 from sage_cli.errors import SageError
 
@@ -188,15 +189,6 @@ def fit(x: list[list[float]], y: list[bool], l2: float = L2, balanced: bool = Tr
     w = theta[:-1] / sd
     b = theta[-1] - (w * mu).sum()
     return [float(v) for v in w], float(b)
-
-
-def auroc(labels: list[bool], scores: list[float]) -> float | None:
-    """P(score of a defect > score of a normal), ties one half; None with one class only."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
 
 
 def accuracies(labels: list[bool], verdicts: list[bool]) -> dict:
