@@ -129,14 +129,13 @@ def labelled(samples: list[dict], key: str) -> tuple[list[bool], list[float]]:
 def calibrated(samples: list[dict]) -> dict | None:
     """{auroc, accuracy, balanced_accuracy, n} of the calibrated verdicts (`defect_verdict`, the checkpoint's
     stored threshold) against the detection labels; None when no sample carries one."""
+    from sage_cli.models.calibration import accuracies  # what `sage calibrate` reports on its VAL
+
     rows = [s for s in samples if s.get("detect_label") is not None and s.get("defect_verdict") is not None]
     if not rows:
         return None
-    hit = [bool(s["defect_verdict"]) == bool(s["detect_label"]) for s in rows]
-    per = [_mean(h for h, s in zip(hit, rows) if bool(s["detect_label"]) == c) for c in (True, False)]
-    per = [v for v in per if v is not None]
-    return {"auroc": auroc(*labelled(rows, "p_defect")), "accuracy": _mean(float(h) for h in hit),
-            "balanced_accuracy": sum(per) / len(per) if per else None, "n": len(rows)}
+    acc = accuracies([bool(s["detect_label"]) for s in rows], [bool(s["defect_verdict"]) for s in rows])
+    return {"auroc": auroc(*labelled(rows, "p_defect")), **acc}
 
 
 def detection_auroc(samples: list[dict]) -> tuple[float | None, int]:
