@@ -129,7 +129,7 @@ def test_a_wrong_place_is_never_a_cell_the_defect_reaches():
                     distractors(defect_info("crack"), [], 2, rng))
         for q in Writer(f, rng).identification():
             if "center" in q.question:  # yes = "a defect is there", unless it asks whether the place is fine
-                fine = "consistent" in q.question or "look as it should" in q.question
+                fine = any(w in q.question for w in ("consistent", "look as it should", "in order"))
                 assert q.answer is not fine, q.question
 
 
@@ -142,7 +142,7 @@ def test_the_wording_does_not_give_the_verdict_away():
              "lower center", "lower right", "center", "medium-sized", "tiny", "small", "large")
     kinds = ["crack", "hole", "scratch_head", "color", "contamination"]
     by_text: dict[str, list[bool]] = {}
-    for seed in range(400):
+    for seed in range(1600):  # ~90 masked texts: enough draws per text that chance stays under the bar
         rng = random.Random(seed)
         kind = rng.choice(kinds)
         loc = rng.choice(["upper left", "center", "lower right", "middle left"])
@@ -156,5 +156,5 @@ def test_the_wording_does_not_give_the_verdict_away():
     # The best guess of "defective?" from the masked text alone, over all questions
     hits = sum(max(sum(v), len(v) - sum(v)) for v in by_text.values())
     total = sum(len(v) for v in by_text.values())
-    assert total == 2000 and hits / total < 0.56, (hits / total, len(by_text))
-    assert all(0.3 < sum(v) / len(v) < 0.7 for v in by_text.values() if len(v) >= 40), by_text.keys()
+    assert total == 8000 and hits / total < 0.56, (hits / total, len(by_text))
+    assert all(0.3 < sum(v) / len(v) < 0.7 for v in by_text.values() if len(v) >= 80), by_text.keys()

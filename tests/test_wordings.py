@@ -170,3 +170,55 @@ def test_the_grader_reads_every_held_out_question_as_what_it_asks():
             assert ask(q).kind == kind[fam.intent], q
     assert ask("Should the PCB be sent back for re-soldering?").kind == "presence"
     assert ask("Would you say it could cause leakage?").kind == "other"  # the wrapper dropped, a consequence left
+
+
+def test_the_grader_reads_every_training_question_with_its_truth():
+    """Every standard and decision question a build writes (both polarities, many wordings, one- and
+    zero-shot) is read by asks.ask with the polarity its truth has, so a statement is graded against the
+    right question; function and cause questions are consequences whose yes is the bad outcome."""
+    from sage_cli.bench.asks import ask
+
+    for seed in range(150):
+        for f in (_finding("crack"), _finding(None), _finding("print", "center", reference=False)):
+            w = Writer(f, random.Random(seed))
+            for q in w.standard() + [w.diagnosis()]:
+                a = ask(q.question)
+                if a.kind == "other":
+                    assert not a.good and q.level == "diagnosis", q.question
+                    continue
+                assert a.polarity == (1 if q.answer == f.anomalous else -1), q.question
+    for t in Writer._FUNCTION_Q:
+        a = ask(t.format(asked="crack", obj="hazelnut"))
+        assert a.kind == "other" and not a.good, t
+    for q, kind in [("Does this part have a crack?", "type"), ("Would this part pass inspection?", "normal"),
+                    ("Is it ready for delivery?", "normal"), ("Should it be sorted out?", "presence"),
+                    ("Does the part fail inspection?", "presence"), ("Will it still work?", "other"),
+                    ("Compared with a good screw, is there any defect?", "presence"), ("Is this a good screw?", "normal")]:
+        assert ask(q).kind == kind, q
+    assert ask("Will it still work?").good and not ask("Does the dent affect how it works?").good
+
+
+def test_a_build_and_its_checkpoint_record_the_question_bank(make_tiny_mvtec, tmp_path):
+    """prefs.json says which version of the training banks worded the questions, and a trained checkpoint
+    carries it on (E-DPO pairs through the scored QA file, else the starting checkpoint)."""
+    from types import SimpleNamespace
+
+    from sage_cli.prefs.pipeline import PrefsOptions, build_prefs
+    from sage_cli.prefs.wordings import TRAINING_WORDINGS
+    from sage_cli.train.state import trained_wordings
+
+    root = make_tiny_mvtec(defects={"crack": 2}, n_good=2)
+    res = build_prefs(PrefsOptions(src=str(root), out=str(tmp_path / "prefs"), val_frac=0.0))
+    assert res.manifest["wordings"] == TRAINING_WORDINGS
+    recipe = lambda train, ckpt=None: SimpleNamespace(data=SimpleNamespace(train=train),  # noqa: E731
+                                                      model=SimpleNamespace(checkpoint=ckpt))
+    assert trained_wordings(recipe(str(res.paths["train"]))) == TRAINING_WORDINGS
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "score.json").write_text(json.dumps({"qa_file": str(res.paths["train"].resolve())}))
+    assert trained_wordings(recipe(str(scores / "pairs.jsonl"))) == TRAINING_WORDINGS
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"wordings": "sage-wordings/1"}))
+    assert trained_wordings(recipe(str(tmp_path / "elsewhere.jsonl"), str(ckpt))) == "sage-wordings/1"
+    assert trained_wordings(recipe(None)) is None

@@ -45,8 +45,9 @@ _CONSEQUENCE = re.compile(
     r"impacts|compromise|weaken|reduce|impair|degrade|shorten|spoil|harm|fail|failure|leak|leakage|risk|danger|"
     r"dangerous|safety|performance|reliability|lifetime|lifespan|durability|due to|origin|originate|because|why|"
     r"spread|worsen|grow|likely|probably|possibly|source|expose|noticeable|notice|removed?|polish\w*|repairable|"
-    r"fixed|dispense|hold|seal|conduct|short)\b")
-_MODAL_START = re.compile(r"^(?:could|can|will|would|might|may|should|must|is it likely|is this likely|does this|"
+    r"fixed|dispense|hold|seal|conduct|short|cosmetic)\b")
+_MODAL_START = re.compile(r"^(?:could|can|will|would|might|may|should|must|is it likely|is this likely|"
+                          r"does this (?!\w+ (?:have|has|show|shows|contain|look)\b)|"
                           r"does it (?:need|require|affect|cause))\b")
 _ACCEPT = {"accept", "accepted", "ship", "shipped", "release", "released", "pass", "passed", "approve", "approved",
            "use", "used", "sell", "sold", "deliver", "delivered", "install", "installed"}
@@ -83,12 +84,21 @@ _NOT_PLACE = {"surface", "image", "picture", "photo", "test", "reference", "obje
 # "Would you say ...", "Can you spot ...", "Do you notice ...", "Would I find ...": the asker's wrapper, not a
 # consequence; the question is what follows it.
 _WRAPPER = re.compile(r"^(?:would|do|does|can|could|will|did)\s+(?:you|i|we|one)\s+(?:say|think|consider|describe|call|"
-                      r"notice|see|spot|find|observe|agree|detect|identify)\b(?:\s+that\b)?\s*")
+                      r"notice|see|spot|find|observe|agree|detect|identify|classify)\b(?:\s+that\b)?\s*")
 # Decisions put without the verbs of _DECISION: "take it out of the batch", "send it back" (reject); "send it
 # on to the customer" (accept).
 _REJECT = re.compile(r"\b(?:take|pull|set|remove)\s+(?:\w+\s+){0,3}(?:out\s+of|aside|off\s+the\s+line)\b"
-                     r"|\bsen[dt]\s+(?:\w+\s+){0,2}back\b")
-_SEND_ON = re.compile(r"\bsen[dt]\s+(?:\w+\s+){0,3}(?:on\s+to|to)\s+(?:the\s+)?(?:customer|client|buyer|next)\w*\b")
+                     r"|\bsen[dt]\s+(?:\w+\s+){0,2}back\b|\bsort(?:ed)?\s+out\b|\bfails?\s+(?:the\s+|its\s+)?"
+                     r"(?:inspection|check|quality)\b|\ba\s+reject\b|\bpull(?:ed)?\s+(?:from|off)\s+the\s+line\b")
+_SEND_ON = re.compile(r"\bsen[dt]\s+(?:\w+\s+){0,3}(?:on\s+to|to)\s+(?:the\s+)?(?:customer|client|buyer|next)\w*\b"
+                      r"|\b(?:go|move)\s+on\s+to\s+the\s+next\b|\bready\s+(?:for|to)\s+(?:delivery|deliver|shipping|"
+                      r"ship|use|sale|assembly)\b|\bpass(?:es)?\s+(?:a\s+|the\s+)?(?:visual\s+|final\s+)?"
+                      r"(?:inspection|check|quality\s+control|qc)\b")
+# "Does it affect how it works?": a harm done to working, so yes is the bad outcome despite "works"
+_HARM = re.compile(r"\b(?:affect|affects|impair|impairs|compromise|harm|hurt|reduce|degrade|weaken|stop|prevent|"
+                   r"fail|problem)\b")
+# "compared with a good hazelnut": the reference named, not a question whether the part is good
+_GOOD_REFERENCE = re.compile(r"\b(?:with|than|as|that|to)\s+a\s+good\s+[a-z-]+")
 
 
 def _keys(words: list[str]) -> tuple[str, ...]:
@@ -120,13 +130,13 @@ def ask(question: str | None) -> Ask:
     modal = bool(_MODAL_START.match(text))
     consequence = modal or bool(_CONSEQUENCE.search(text))
     about_defect = lx.mentions_defect(words) or bool(set(words[:3]) & {"it", "this", "that", "they"})
-    normal = bool(_NORMAL_Q.search(text)) and not re.search(r"\bnot\s+(?:normal|fine|ok|okay|intact|acceptable)\b",
+    normal = bool(_NORMAL_Q.search(_GOOD_REFERENCE.sub(" ", text))) and not re.search(r"\bnot\s+(?:normal|fine|ok|okay|intact|acceptable)\b",
                                                             text)
     if ((places and about_defect and not normal) or (parts and subject_is_defect)) and not consequence:
         return Ask("location", places=frozenset(places | parts))
     if consequence and not re.match(r"^(?:can|could|may)\s+(?:it|this(?: \w+)?|the \w+)\s+(?:still\s+)?be\s+(?:shipped|released|used|"
                                     r"accepted|sold|delivered|passed)\b", text):
-        return Ask("other", keys=_keys(words), good=bool(_GOOD_ASK.search(text)))
+        return Ask("other", keys=_keys(words), good=_good(text))
     types = lx.types_named(words)
     if types and not (normal and re.search(r"\bfree\s+(?:of|from)\b|\bwithout\b", text)):
         return Ask("type", types=frozenset(types))
@@ -136,7 +146,12 @@ def ask(question: str | None) -> Ask:
                                               r"wrong|rework\w*|reject\w*|scrap\w*|repair\w*|discard\w*|replace\w*|"
                                               r"unusual|odd|abnormal\w*|anomal\w*)\b", text):
         return Ask("presence")
-    return Ask("other", keys=_keys(words), good=bool(_GOOD_ASK.search(text)))
+    return Ask("other", keys=_keys(words), good=_good(text))
+
+
+def _good(text: str) -> bool:
+    """Whether yes to a consequence question is the good outcome ("Will it still work?")."""
+    return bool(_GOOD_ASK.search(text)) and not _HARM.search(text)
 
 
 def detection_polarity(question: str | None) -> int | None:

@@ -128,7 +128,7 @@ def load_items(fmt: str, root: Path, shots: int, categories: list[str] | None = 
         # the builder filters and limits itself (per category, seeded) and reports unknown categories
         opts = PrefsOptions(src=root, out=root, seed=seed, limit=limit, categories=categories, strict=strict,
                             wordings=wordings)
-        groups, problems = make_groups(opts, "mvtec")
+        groups, problems, _ = make_groups(opts, "mvtec")
         found = sorted({g.category for g in groups})
         items = [_yes_no_item(g, shots, built=True) for g in groups]
         pools = _mvtec_normals(root, seed) if shots > 1 else {}

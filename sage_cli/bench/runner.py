@@ -295,6 +295,11 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
     base = {"results_format": rundir.RESULTS_FORMAT, "format": opts.fmt, "root": config["root"], "config": config,
             "versions": rundir.versions(), "git": rundir.git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rundir.write_results(out, {**base, "status": "running"})
+    if opts.checkpoint:  # which question bank the model trained on: "seen" below means today's
+        from sage_cli.models.checkpoint import read_config
+        from sage_cli.prefs.wordings import TRAINING_WORDINGS
+
+        base["wordings"] = {"bank": TRAINING_WORDINGS, "model": read_config(opts.checkpoint).get("wordings")}
     from sage_cli.models.calibration import of_checkpoint
 
     calibration = of_checkpoint(opts.checkpoint)  # a malformed one fails before any work
@@ -433,6 +438,10 @@ def _notes(run: _Run, unreadable: list[str], summary: dict | None = None) -> lis
         notes.append(f"{len(loaded.problems)} data problem(s) skipped while reading (first: {loaded.problems[0]})")
     if opts.checkpoint is None:
         notes.append("no --checkpoint: the SAGE layers are untrained, so these are not a trained model's scores")
+    words = run.base.get("wordings")
+    if words and words["model"] != words["bank"]:
+        notes.append(f"the checkpoint trained on questions of {words['model'] or 'no recorded question bank (before sage-wordings/2)'}; "
+                     f"seen/unseen here are read against today's {words['bank']}, some of whose wordings it never saw")
     if run.unlabelled:
         notes.append(f"{run.unlabelled} group(s) have no detection label (no annotation, conclusion or answer says "
                      "whether the part is defective); left out of AUROC")

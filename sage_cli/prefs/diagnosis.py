@@ -18,13 +18,24 @@ class DiagnosisQuestions:
     # Yes means "take it off the line" / yes means "let it go": asked of defective and normal images alike.
     _DECISION_Q = {
         "reject": ("Should the test {obj} be rejected?", "Should this {obj} be pulled from the line?",
-                   "Does the test {obj} need any rework?"),
-        "release": ("Can the test {obj} be released as it is?", "Is the test {obj} fit to ship without rework?"),
+                   "Does the test {obj} need any rework?", "Would you reject this {obj}?",
+                   "Does the test {obj} fail inspection?", "Should this {obj} be sorted out?",
+                   "Is the test {obj} a reject?"),
+        "release": ("Can the test {obj} be released as it is?", "Is the test {obj} fit to ship without rework?",
+                    "Would this {obj} pass inspection?", "Is the test {obj} acceptable?",
+                    "Can this {obj} be used as it is?", "Is the test {obj} ready for delivery?",
+                    "Can this {obj} go on to the next step?"),
     }
+    # The question may name the kind ({asked}) or not: "does anything on it affect how it works?"
     _FUNCTION_Q = ("Does the {asked} affect how the test {obj} works, beyond its appearance?",
-                   "Is the {asked} on the test {obj} more than a cosmetic problem?")
+                   "Is the {asked} on the test {obj} more than a cosmetic problem?",
+                   "Will the {asked} on this {obj} affect its function?",
+                   "Could the {asked} cause the test {obj} to fail in use?",
+                   "Does anything on the test {obj} affect how it works?",
+                   "Does what you see on this {obj} impair how it works?")
     _CAUSE_Q = ("Is the {asked} on the test {obj} most likely caused by {asked_cause}?",
-                "Could {asked_cause} explain the {asked} on the test {obj}?")
+                "Could {asked_cause} explain the {asked} on the test {obj}?",
+                "Was the {asked} on this {obj} probably caused by {asked_cause}?")
 
     def diagnosis(self) -> Question:
         """One question on what the finding means: reject or release, function, or the likely cause.

@@ -21,6 +21,7 @@ from sage_cli import runfolder
 from sage_cli.data.categories import check_categories, limit_per_category
 from sage_cli.data.records import PAIR_TYPES, QAGroup
 from sage_cli.errors import SageError
+from sage_cli.prefs.wordings import TRAINING_WORDINGS
 
 PREFS_FORMAT = "sage-prefs/1"
 MANIFEST = "prefs.json"
@@ -125,7 +126,8 @@ def extra_normals(tests: list, train: list, share: float, seed: int) -> list:
 
 
 def make_groups(opts: PrefsOptions, fmt: str):
-    """(groups, problems) of the data set at ``opts.src`` in format ``fmt``, before splitting."""
+    """(groups, problems, written) of the data set at ``opts.src`` in format ``fmt``, before splitting;
+    ``written``: sage worded the questions (an image data set), rather than importing them."""
     from sage_cli.data.formats import open_dataset
     from sage_cli.prefs import importers
     from sage_cli.prefs.build import defect_pools, image_groups
@@ -164,7 +166,7 @@ def make_groups(opts: PrefsOptions, fmt: str):
         if not groups:
             raise SageError(f"{opts.src}: every record had a problem; nothing to write ({ds.problems.items[0]})"
                             if ds.problems.items else f"{opts.src}: nothing to write")
-    return groups, ds.problems
+    return groups, ds.problems, ds.kind == "image"
 
 
 def counts(groups: list[QAGroup]) -> dict:
@@ -206,7 +208,7 @@ def build_prefs(opts: PrefsOptions, paraphrase=None) -> PrefsResult:
     settings = _settings(opts, root, fmt)
     out = Path(opts.out)
     _check_out(out, root, settings, opts.overwrite)  # before the build, which can take a while
-    groups, problems = make_groups(opts, fmt)
+    groups, problems, written = make_groups(opts, fmt)
     if paraphrase is not None:
         groups = paraphrase(groups)
     train, val = split_groups(groups, opts.seed, opts.val_frac)
@@ -220,6 +222,8 @@ def build_prefs(opts: PrefsOptions, paraphrase=None) -> PrefsResult:
         "counts": {"train": counts(train), "val": counts(val), "total": counts(groups)},
         "problems": {"count": len(problems), "items": list(problems.items[:SHOW_PROBLEMS])},
     }
+    if written:  # sage worded the questions: from this version of its banks (an import keeps its own)
+        manifest["wordings"] = TRAINING_WORDINGS if opts.wordings == "seen" else f"{TRAINING_WORDINGS}+{opts.wordings}"
     paths = {"train": out / TRAIN, "val": out / VAL, "manifest": out / MANIFEST}
     out.mkdir(parents=True, exist_ok=True)
     write_qa_jsonl(paths["train"], train)

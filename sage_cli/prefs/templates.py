@@ -151,18 +151,38 @@ class Writer(DiagnosisQuestions):
 
     # ------------------------------------------------------------------------------------- standard
 
-    # Yes means "there is a defect" / yes means "it is normal": one of each per group.
+    # Yes means "there is a defect" / yes means "it is normal": one of each per group. Many wordings of
+    # each polarity (the second block of each bank is wordings.TRAINING_WORDINGS v2): with four per side a
+    # model learnt each template's verdict and answered "yes" to "is it free of defects?" phrased anew.
     _STD_DEFECT_Q = (
         "Compared with {ref}, is there any defect on the test {obj}?",
         "Does the test {obj} show any anomaly that {ref} does not have?",
         "Is anything wrong with the test {obj} when you compare it with {ref}?",
         "Does the test image show a defective {obj}?",
+        "Is there a defect on this {obj}?",
+        "Do you see any damage on the {obj} in the test image?",
+        "Does this {obj} have a flaw?",
+        "Are there any defects on the test {obj}?",
+        "Is the test {obj} defective?",
+        "Is this {obj} damaged?",
+        "Is something abnormal about the {obj} in the test image?",
+        "Is any anomaly visible on this {obj}?",
+        "Does the {surface} of the test {obj} show a fault?",
     )
     _STD_NORMAL_Q = (
         "Does the test {obj} look the same as {ref}?",
         "Is the test {obj} free of defects?",
         "Would the test {obj} pass a visual check against {ref}?",
         "Is the {surface} of the test {obj} as intact as in {ref}?",
+        "Is this {obj} free of damage?",
+        "Is the test {obj} normal?",
+        "Does this {obj} look normal?",
+        "Is the {obj} in the test image intact?",
+        "Is the test {obj} without any flaw?",
+        "Does the test {obj} match {ref}?",
+        "Is this {obj} defect-free?",
+        "Is the test {obj} as good as {ref}?",
+        "Is everything in order with this {obj}?",
     )
 
     def standard(self) -> list[Question]:
@@ -235,18 +255,28 @@ class Writer(DiagnosisQuestions):
     # presupposes a defect is answered for a normal image by saying there is none.
     _TYPE_Q = {
         "presuppose": ("Is the defect on the test {obj} {asked_a}?",
-                       "Is the flaw on the test {obj} best described as {asked_a}?"),
-        "show": ("Does the test {obj} show {asked_a}?", "Is there {asked_a} anywhere on the test {obj}?"),
-        "free": ("Is the test {obj} free of any {asked}?", "Is the {surface} of the test {obj} without {asked_a}?"),
+                       "Is the flaw on the test {obj} best described as {asked_a}?",
+                       "Is the damage on this {obj} {asked_a}?",
+                       "Would you classify the defect on the test {obj} as {asked_a}?"),
+        "show": ("Does the test {obj} show {asked_a}?", "Is there {asked_a} anywhere on the test {obj}?",
+                 "Does this {obj} have {asked_a}?", "Can you see {asked_a} on the test {obj}?"),
+        "free": ("Is the test {obj} free of any {asked}?", "Is the {surface} of the test {obj} without {asked_a}?",
+                 "Is this {obj} free from any {asked}?"),
     }
     _PLACE_Q = ("Is the defect on the test {obj} in the {asked}?",
                 "Is the anomaly on the test {obj} located in the {asked} of the image?",
-                "Is there a defect in the {asked} of the test {obj}?")
-    _SIZE_Q = ("Is the defect on the test {obj} {asked}?", "Would you call the flaw on the test {obj} {asked}?")
+                "Is there a defect in the {asked} of the test {obj}?",
+                "Is the defect in the {asked} of this {obj}?",
+                "Does the flaw sit in the {asked}?",
+                "Is the defect visible in the {asked} of the image?")
+    _SIZE_Q = ("Is the defect on the test {obj} {asked}?", "Would you call the flaw on the test {obj} {asked}?",
+               "Is the flaw on this {obj} {asked}?")
     _REGION_Q = {
         "consistent": ("Is the {asked} of the test {obj} consistent with {ref}?",
-                       "Does the {asked} of the test {obj} look as it should?"),
-        "flawed": ("Does the {asked} of the test {obj} show any defect?", "Is there a flaw in the {asked} of the test {obj}?"),
+                       "Does the {asked} of the test {obj} look as it should?",
+                       "Is the {asked} of this {obj} in order?"),
+        "flawed": ("Does the {asked} of the test {obj} show any defect?", "Is there a flaw in the {asked} of the test {obj}?",
+                   "Is anything wrong in the {asked} of this {obj}?"),
     }
     _SIZES = ("tiny", "small", "medium-sized", "large")
 

@@ -22,6 +22,12 @@ from functools import lru_cache
 
 from sage_cli.data.records import Question
 
+# The version of the training template banks. `seen` reads questions against today's banks, so what a
+# checkpoint trained on is recorded with it (prefs.json "wordings" → the checkpoint's config.json): a model
+# of an older bank has not seen every question that `seen` now calls seen.
+#   1: four wordings per standard polarity, two or three per decision (sage-smol-1, until 2026-12-05)
+#   2: nine to thirteen per standard polarity, seven per decision, function questions that name no kind
+TRAINING_WORDINGS = "sage-wordings/2"
 
 @dataclass(frozen=True)
 class Family:

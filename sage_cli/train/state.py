@@ -163,12 +163,36 @@ def write_rank_record(run_dir: Path, rank: int, seen: list[str], weights: dict) 
     write_text(run_dir / "ranks" / f"rank-{rank}.json", json.dumps(rec, indent=1))
 
 
+def trained_wordings(recipe) -> str | None:
+    """The version of sage's question banks the run's questions came from (prefs/wordings.py), or None.
+
+    Read from the `sage prefs build` manifest beside the training file (E-DPO pairs: beside the QA file
+    `sage score mle` scored), else inherited from the starting checkpoint."""
+    def manifest(path) -> dict:
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    if recipe.data.train:
+        folder = Path(recipe.data.train).parent
+        qa = manifest(folder / "score.json").get("qa_file")
+        found = manifest((Path(qa).parent if qa else folder) / "prefs.json").get("wordings")
+        if found:
+            return found
+    if recipe.model.checkpoint:
+        return manifest(Path(recipe.model.checkpoint) / "config.json").get("wordings")
+    return None
+
+
 def save_checkpoint(run_dir: Path, model, recipe, stage: str, steps: int, lora: dict | None,
                     trained: dict | None = None) -> Path:
     """checkpoint/: the final sage checkpoint; `trained` is the trained weights already gathered (`whole`).
     A run trained on one list of facts for every image leaves it as the checkpoint's facts.txt: the model has
     only seen prompts with facts, and `sage infer` or a next stage without --facts then uses these."""
     extra = {"stage": stage, "start": recipe.model.checkpoint, "steps": steps}
+    if wordings := trained_wordings(recipe):
+        extra["wordings"] = wordings
     out = ckpt.save(model, run_dir / "checkpoint", recipe.model.backbone, extra=extra, lora=lora, state=trained)
     if recipe.model.facts_mode != "none" and recipe.data.facts:
         from sage_cli.facts.store import FactsFile
