@@ -134,6 +134,15 @@ def test_manta_end_to_end_resume_and_refusal(vlm, tmp_path, capsys):
     # greedy answers of the same engine: the metrics do not move
     assert res2["metrics"]["accuracy"] == pytest.approx(res["metrics"]["accuracy"])
 
+    # a kept answer to a question worded otherwise (an older question bank) is not reused: asked again
+    kept = [json.loads(x) for x in lines(out / "samples.jsonl") if x.startswith("{") and x.endswith("}")]
+    kept[0]["question"] = "Is there anything odd, in an older wording?"
+    (out / "samples.jsonl").write_text("".join(json.dumps(k) + "\n" for k in kept))
+    rc, _, err = sage(capsys, "manta", "--root", root, "--backbone", vlm, "--out", out, "--resume", *FAST)
+    assert rc == 0, err
+    res3 = json.loads((out / "results.json").read_text())
+    assert res3["counts"]["answered_this_run"] == 1 and res3["counts"]["questions"] == 13
+
     # a resumed run must keep the settings that shape the answers
     rc, _, err = sage(capsys, "manta", "--root", root, "--backbone", vlm, "--out", out, "--resume", "--shots", "0", *FAST)
     assert rc == 1 and "other settings (shots 1 -> 0)" in err

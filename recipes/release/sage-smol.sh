@@ -30,7 +30,7 @@ SFE_STEPS=${SFE_STEPS:-400}        # SFE, then VERDICT_STEPS more from its check
 VERDICT_STEPS=${VERDICT_STEPS:-200}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
 VERDICT_WEIGHT=${VERDICT_WEIGHT:-40} # the image late: after 400 steps P(yes) was 0.31 on defects, 0.20 on normals)
 DPO_STEPS=${DPO_STEPS:-100}
-SCORE_GROUPS=${SCORE_GROUPS:-800}  # QA groups scored for preference pairs (800 groups: ~8,000 pairs)
+SCORE_GROUPS=${SCORE_GROUPS:-400}  # QA groups scored for preference pairs (400 groups: ~4,000 pairs; E-DPO uses 200)
 TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
 HELD_OUT=${HELD_OUT:-ceramic_tile washer grass}
 BENCH_PER_KIND=${BENCH_PER_KIND:-1}  # held-out bench: defect images per category and defect kind, + all normals
@@ -87,6 +87,14 @@ data() {
     for root in "$R/synth-train" "$R/bench-heldout" "$HAZELNUT"; do
         $SAGE facts extract --from "$root" --out "$R/facts.jsonl" --per-category --which all
     done
+    # a QA build worded from an older question bank (prefs/wordings.py) is set aside with the pairs scored on
+    # it, and built anew: the checkpoint records the bank it trained on
+    local bank; bank=$(py -c 'from sage_cli.prefs.wordings import TRAINING_WORDINGS as w; print(w)')
+    if [ -f "$R/prefs/prefs.json" ] && ! grep -q "\"wordings\": \"$bank\"" "$R/prefs/prefs.json"; then
+        local old="$R/old-$(date +%Y%m%d-%H%M%S)"
+        mkdir -p "$old"; mv "$R/prefs" "$old/"; [ -d "$R/scores" ] && mv "$R/scores" "$old/"
+        echo "set aside a QA build of another question bank (not $bank) in $old" >&2
+    fi
     [ -f "$R/prefs/prefs.json" ] || $SAGE prefs build --from "$R/synth-train" --out "$R/prefs" --seed 0 --val-frac 0.05 --normal-share 0.5
     # E-DPO's DPO_STEPS x 2 pairs need only a few hundred groups; scoring all 2,230 takes ~1.5 h on 2 cores
     $SAGE score mle "$R/prefs/train.jsonl" --out "$R/scores" --judge offline:sbert --limit "$SCORE_GROUPS"
@@ -101,10 +109,9 @@ train_row() {  # name, stage, extra overrides...
 
 sfe_row() {  # name, facts mode: SFE_STEPS steps in NAME, then VERDICT_STEPS more in NAME-v (the row's model)
     local qa="$R/prefs/train.jsonl"
-    # batch 4: what the shipped weights were trained with (the recipe's default is now 5, one QA group)
-    train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS" train.batch_size=4
+    train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS"
     train_row "$1-v" sfe --train "$qa" --checkpoint "$R/seed-$SEED/$1/checkpoint" "train.seed=$((SEED + 1))" \
-        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS" train.batch_size=4
+        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS"
 }
 
 ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships

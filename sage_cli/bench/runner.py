@@ -387,7 +387,8 @@ def run_bench(opts: BenchOptions, loaded: Loaded, progress=None, note=None) -> O
     unreadable: list[str] = []
     answered = 0
     for n, item in enumerate(loaded.items, 1):
-        todo = [bq for bq in item.questions if (item.id, bq.q) not in run.done]
+        # a kept sample counts only for the question it answered (a newer question bank words it anew)
+        todo = [bq for bq in item.questions if run.done.get((item.id, bq.q), {}).get("question") != bq.question]
         if todo:
             try:
                 test_img = load_rgb(item.path(item.test_image))
