@@ -222,6 +222,26 @@ def test_shots_fit_maps_with_that_many_references(tiny_ckpt, val, tmp_path, caps
     assert "find fewer than 3 normal references" in err and not (tmp_path / "three").exists()
 
 
+def test_features_auto_keeps_the_best_held_out_combination(tiny_ckpt, val, tmp_path, capsys):
+    """--features auto: every feature measured once, each of the 15 combinations fitted with each category
+    held out in turn, and the one with the best held-out balanced accuracy stored (and refittable from the
+    rows it writes)."""
+    out, rows_path = tmp_path / "auto", tmp_path / "rows.jsonl"
+    rc = run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--features", "auto", "--rows",
+              str(rows_path)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "features chosen by leave-one-category-out" in text
+    c = checkpoint.read_calibration(out)
+    tried = c["features_chosen"]["tried"]
+    assert len(tried) == 2 ** len(cal.FEATURES) - 1 and "+".join(c["features"]) in tried
+    best = max(v["balanced_accuracy"] for v in tried.values())
+    assert tried["+".join(c["features"])]["balanced_accuracy"] == best
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert rows[0]["feature_names"] == c["features"] and len(rows[0]["features"]) == len(c["features"])
+    w, b = cal.fit([r["features"] for r in rows], [r["defective"] for r in rows])
+    assert w == pytest.approx(c["weights"]) and b == pytest.approx(c["bias"])
+
+
 @pytest.mark.parametrize("case, match", [
     ("shots", "--shots must be 1 or more"),
     ("no_pairs", "no labelled one-shot pairs"),

@@ -38,9 +38,9 @@ TOKENS=${TOKENS:-32}
 # AUROC from one question asked of every image (the groups' own detection questions vary in wording, and
 # P(yes) shifts with the wording): the question sage-smol answers in `make infer`
 DETECT=${DETECT:-Is there any defect on the test object?}
-# sage calibrate --features: chosen by leave-one-category-out balanced accuracy on the synthetic VAL (P(yes) added
-# nothing there beyond the map: 0.805 with it or without it, 0.704 alone)
-CALIBRATE_FEATURES=${CALIBRATE_FEATURES:-log_map_max,log_map_ratio}
+# sage calibrate --features: auto = the combination with the best leave-one-category-out balanced accuracy on
+# the synthetic VAL (for sage-smol-1 that was the map alone; a model whose P(yes) is learnt may use it)
+CALIBRATE_FEATURES=${CALIBRATE_FEATURES:-auto}
 FACTS_KEPT=${FACTS_KEPT:-recipes/release/facts.jsonl}  # the facts seed 2 of the card was trained on (see data)
 
 data() {
@@ -96,7 +96,7 @@ data() {
         echo "set aside a QA build of another question bank (not $bank) in $old" >&2
     fi
     [ -f "$R/prefs/prefs.json" ] || $SAGE prefs build --from "$R/synth-train" --out "$R/prefs" --seed 0 --val-frac 0.05 --normal-share 0.5
-    # E-DPO's DPO_STEPS x 2 pairs need only a few hundred groups; scoring all 2,230 takes ~1.5 h on 2 cores
+    # E-DPO's DPO_STEPS x 2 pairs need only a few hundred groups (offline:sbert scores 400 in ~3 min on 2 cores)
     $SAGE score mle "$R/prefs/train.jsonl" --out "$R/scores" --judge offline:sbert --limit "$SCORE_GROUPS"
 }
 

@@ -16,7 +16,7 @@ def calibrate(
     checkpoint: str = typer.Argument(..., help="The checkpoint folder to calibrate, or sage-smol (the shipped one, calibrated in place unless --out)."),
     on: Path = typer.Option(..., "--on", help="Validation data in any format sage reads, with normal and defective one-shot pairs: meant to be synthetic (`sage data synth`), never the photos you will report on."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write a calibrated copy of the checkpoint here instead of calibrating it in place."),
-    features: str = typer.Option("log_map_max,log_map_ratio", "--features", help="Comma-separated: logit_p_yes (of the first-token P(yes)), log_map_max (the map's peak), log_map_ratio (peak over mean), log_map_top4 (mean of the 4 highest patches)."),
+    features: str = typer.Option("log_map_max,log_map_ratio", "--features", help="Comma-separated: logit_p_yes (of the first-token P(yes)), log_map_max (the map's peak), log_map_ratio (peak over mean), log_map_top4 (mean of the 4 highest patches); or auto: every combination fitted with each category of VAL held out in turn, the best held-out balanced accuracy kept."),
     threshold: float = typer.Option(0.5, "--threshold", help="The verdict is P(defect) >= this (the fit weighs both classes equally, so 0.5 is where both errors cost the same)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N normal and N defective pairs per category (a stable seeded choice)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the references of image data sets and --limit's choice."),
@@ -47,6 +47,9 @@ def calibrate(
         sys.stdout.write(json.dumps(cal, indent=2) + "\n")
         return
     m, v = cal["metrics"], cal["val"]
+    if cal.get("features_chosen"):
+        sys.stdout.write(f"features chosen by leave-one-category-out balanced accuracy over "
+                         f"{len(cal['features_chosen']['tried'])} combinations: {', '.join(cal['features'])}\n")
     terms = " + ".join(f"{w:.3f}·{n}" for n, w in zip(cal["features"], cal["weights"]))
     out_ = sys.stdout
     refs = f", {cal['shots']} references each" if cal.get("shots", 1) > 1 else ""

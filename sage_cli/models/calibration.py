@@ -63,6 +63,7 @@ FEATURES = {
 }
 NEEDS_MAP = {"log_map_top4"}  # features read from the whole map, not only its peak and mean
 DEFAULT_FEATURES = ("log_map_max", "log_map_ratio")  # chosen by leave-one-category-out on synthetic VAL
+AUTO = "auto"  # --features auto: every subset of FEATURES tried, the best leave-one-category-out one kept
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -229,6 +230,32 @@ def evaluate(rows: list[dict], names, weights, bias, threshold: float, l2: float
     return out
 
 
+def choose_features(rows: list[dict], threshold: float) -> tuple[tuple[str, ...], dict]:
+    """--features auto: every non-empty subset of FEATURES fitted with each category of VAL held out in turn;
+    the subset with the best held-out balanced accuracy wins (then AUROC, then fewer features). `rows` hold
+    every feature, in FEATURES order. Returns (names, {"+"-joined subset: its held-out figures})."""
+    from itertools import combinations
+
+    names = tuple(FEATURES)
+    scores: dict[str, dict] = {}
+    best, best_key = None, None
+    for k in range(1, len(names) + 1):
+        for subset in combinations(range(len(names)), k):
+            sub = [{**r, "features": [r["features"][i] for i in subset]} for r in rows]
+            loco = evaluate(sub, [names[i] for i in subset], [0.0] * k, 0.0, threshold).get("leave_one_category_out")
+            if not loco:
+                continue
+            key = (round(loco["balanced_accuracy"], 6), round(loco["auroc"] or 0.0, 6), -k)
+            scores["+".join(names[i] for i in subset)] = {"balanced_accuracy": loco["balanced_accuracy"],
+                                                          "auroc": loco["auroc"]}
+            if best_key is None or key > best_key:
+                best, best_key = tuple(names[i] for i in subset), key
+    if best is None:
+        raise SageError("--features auto needs a VAL with two categories or more that each hold normal and "
+                        "defective pairs (it picks the features by holding each category out)")
+    return best, scores
+
+
 # ---------------------------------------------------------------------------------------------- VAL
 
 
@@ -388,7 +415,7 @@ class Options:
     def check(self) -> Options:
         if self.shots < 1:
             raise SageError(f"--shots must be 1 or more (references per pair), got {self.shots}")
-        unknown = [n for n in self.features if n not in FEATURES]
+        unknown = [n for n in self.features if n not in FEATURES] if self.features != (AUTO,) else []
         if unknown:
             raise SageError(f"unknown feature {unknown[0]!r}; known: {', '.join(FEATURES)}")
         if not self.features or len(set(self.features)) != len(self.features):
@@ -439,7 +466,13 @@ def calibrate(opts: Options, progress=None) -> dict:
 
     engine = Engine.load(None, str(src), dtype=opts.dtype, device=opts.device, seed=opts.seed)
     t0 = time.perf_counter()
-    rows = measure(engine, pairs, opts.features, opts.question, progress)
+    auto = opts.features == (AUTO,)
+    rows = measure(engine, pairs, tuple(FEATURES) if auto else opts.features, opts.question, progress)
+    names, tried = opts.features, None
+    if auto:  # every feature measured once; each subset refitted from the rows
+        names, tried = choose_features(rows, opts.threshold)
+        at = [list(FEATURES).index(n) for n in names]
+        rows = [{**r, "features": [r["features"][i] for i in at]} for r in rows]
     x, y = [r["features"] for r in rows], [r["defective"] for r in rows]
     weights, bias = fit(x, y)
     cats: dict[str, list[int]] = {}
@@ -450,7 +483,9 @@ def calibrate(opts: Options, progress=None) -> dict:
         "format": FORMAT,
         "question": opts.question,
         "shots": opts.shots,
-        "features": list(opts.features),
+        "features": list(names),
+        **({"features_chosen": {"rule": "best leave-one-category-out balanced accuracy on VAL", "tried": tried}}
+           if tried is not None else {}),
         "weights": weights,
         "bias": bias,
         "threshold": opts.threshold,
@@ -461,7 +496,7 @@ def calibrate(opts: Options, progress=None) -> dict:
                 "normal": len(rows) - n_def, "left_out": skipped, "limit": opts.limit, "seed": opts.seed,
                 "categories": {c: {"normal": v[0], "defective": v[1]} for c, v in sorted(cats.items())}},
         "date": time.strftime("%Y-%m-%d"),
-        "metrics": evaluate(rows, opts.features, weights, bias, opts.threshold),
+        "metrics": evaluate(rows, names, weights, bias, opts.threshold),
         "measure_s": round(time.perf_counter() - t0, 1),
     }
     written = ckpt.write_calibration(src, calibration, opts.out)
@@ -470,5 +505,5 @@ def calibrate(opts: Options, progress=None) -> dict:
 
         from sage_cli.atomic import write_text
 
-        write_text(opts.rows, "".join(json.dumps({**r, "feature_names": list(opts.features)}) + "\n" for r in rows))
+        write_text(opts.rows, "".join(json.dumps({**r, "feature_names": list(names)}) + "\n" for r in rows))
     return {"checkpoint": str(written), "calibration": calibration, "rows": rows}
