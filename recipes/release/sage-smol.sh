@@ -14,7 +14,7 @@
 #   bash recipes/release/sage-smol.sh calibrate     # the shipped checkpoint's P(defect), fitted on synthetic
 #                                                   # validation pairs only (config.json's "calibration")
 #
-# bench also keeps each finished run's results.json in recipes/release/results (commit it): the table
+# bench also keeps each finished run's results.json in $RESULTS (recipes/release/results-2; commit it): the table
 # is made from there, so it survives the loss of runs/.
 #
 # No real defect is trained on: the training images are synthetic defects drawn on normal photos (the
@@ -24,7 +24,9 @@ set -euo pipefail
 
 SAGE=${SAGE:-sage}
 R=${R:-runs/release}
-RESULTS=${RESULTS:-recipes/release/results}  # the kept bench results (in the repository)
+# the kept bench results (in the repository): results-2 for this recipe (question bank sage-wordings/2);
+# recipes/release/results keeps sage-smol 1's recipe and its three-seed ablation
+RESULTS=${RESULTS:-recipes/release/results-2}
 HAZELNUT=${HAZELNUT:-../shared/data/hazelnut_toy}
 SFE_STEPS=${SFE_STEPS:-400}        # SFE, then VERDICT_STEPS more from its checkpoint with the Yes/No token
 VERDICT_STEPS=${VERDICT_STEPS:-200}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
