@@ -180,9 +180,8 @@ def trained_wordings(recipe) -> str | None:
         found = manifest((Path(qa).parent if qa else folder) / "prefs.json").get("wordings")
         if found:
             return found
-    if recipe.model.checkpoint:
-        return manifest(Path(recipe.model.checkpoint) / "config.json").get("wordings")
-    return None
+    start = ckpt.resolve(recipe.model.checkpoint, None) if recipe.model.checkpoint else None  # "sage-smol" too
+    return manifest(Path(start) / ckpt.CONFIG).get("wordings") if start else None
 
 
 def save_checkpoint(run_dir: Path, model, recipe, stage: str, steps: int, lora: dict | None,
