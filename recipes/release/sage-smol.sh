@@ -29,8 +29,10 @@ R=${R:-runs/release}
 RESULTS=${RESULTS:-recipes/release/results-2}
 HAZELNUT=${HAZELNUT:-../shared/data/hazelnut_toy}
 SFE_STEPS=${SFE_STEPS:-400}        # SFE, then VERDICT_STEPS more from its checkpoint with the Yes/No token
-VERDICT_STEPS=${VERDICT_STEPS:-200}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
-VERDICT_WEIGHT=${VERDICT_WEIGHT:-40} # the image late: after 400 steps P(yes) was 0.31 on defects, 0.20 on normals)
+VERDICT_STEPS=${VERDICT_STEPS:-500}  # weighted VERDICT_WEIGHT (the recipe's 10 learns the wording first and
+VERDICT_WEIGHT=${VERDICT_WEIGHT:-40} # the image late: after 400 steps P(yes) was 0.31 on defects, 0.20 on normals;
+# with 200 verdict steps (sage-smol 1) P(yes) on the bundled crack / normal pair was 0.54 / 0.36 and "Is this
+# hazelnut in perfect condition?" got yes on both; 200 more at weight 40 took them to 0.89 / 0.02)
 DPO_STEPS=${DPO_STEPS:-100}
 SCORE_GROUPS=${SCORE_GROUPS:-400}  # QA groups scored for preference pairs (400 groups: ~4,000 pairs; E-DPO uses 200)
 TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
