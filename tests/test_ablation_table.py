@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "release" / "ablation_table.py"
 CARD = ROOT / "sage_cli" / "assets" / "sage-smol" / "MODEL_CARD.md"
@@ -89,11 +91,15 @@ def test_add_keeps_finished_runs_and_replaces_the_same_run(tmp_path):
     assert bad.stderr.strip().count("\n") == 0
 
 
-def test_the_kept_results_make_the_cards_table():
-    """The card's table is what the repository's kept results give: nobody edited one without the other."""
-    done = run(str(ROOT / "recipes" / "release" / "results"))
+@pytest.mark.parametrize("results, card", [
+    ("results-2", CARD),  # the shipped sage-smol 2 and its recipe
+    ("results", ROOT / "recipes" / "release" / "sage-smol-1-card.md"),  # sage-smol 1's recipe, three seeds
+])
+def test_the_kept_results_make_the_cards_table(results, card):
+    """A card's table is what the repository's kept results give: nobody edited one without the other."""
+    done = run(str(ROOT / "recipes" / "release" / results))
     assert done.returncode == 0, done.stderr
-    card = CARD.read_text(encoding="utf-8")
+    card = card.read_text(encoding="utf-8")
     start = card.index("\n", card.index("<!-- ablation table")) + 1
     assert card[start:card.index("<!-- end of ablation table -->")].strip() == done.stdout.strip()
 

@@ -29,6 +29,7 @@ def test_the_shipped_checkpoint_is_small_and_documented():
     ship = checkpoint.shipped_dir()
     config = checkpoint.read_config(ship)
     assert config["backbone"] == "sage-smol" and config["stage"] == "edpo"
+    assert config["wordings"] == "sage-wordings/2"  # the question bank it trained on (prefs/wordings.py)
     assert (ship / checkpoint.WEIGHTS).stat().st_size <= 25 * 2**20
     card = (ship / "MODEL_CARD.md").read_text(encoding="utf-8")
     for must in ("CC BY 4.0", "Apache-2.0", "CC0", "recipes/release/sage-smol.sh", "AUROC"):
@@ -44,13 +45,13 @@ def _ask(capsys, test, tmp_path):
 
 
 def test_the_defective_pair_gets_yes_and_the_normal_pair_no(capsys, tmp_path):
+    """`make infer`'s crack and the bundled normal photo (neither trained on): issue #22's line, P(yes) >= 0.8
+    on the crack and <= 0.2 on the normal photo (the card: 0.913 and 0.014), with the verdict in words."""
     bad = _ask(capsys, DEFECT, tmp_path)
     a = bad["answers"][0]
-    assert verdict(a["answer"], QUESTION)[0] is True and a["p_yes"] > 0.5, a
+    assert verdict(a["answer"], QUESTION)[0] is True and a["p_yes"] >= 0.8, a
     assert Image.open(tmp_path / "heatmap.png").size == Image.open(DEFECT).size
     good = _ask(capsys, NORMAL, tmp_path)
     b = good["answers"][0]
-    assert verdict(b["answer"], QUESTION)[0] is False and b["p_yes"] < 0.5, b
-    # the margin the model card reports (0.504 against 0.322): a regression shows here first
-    assert a["p_yes"] - b["p_yes"] > 0.1, (a["p_yes"], b["p_yes"])
+    assert verdict(b["answer"], QUESTION)[0] is False and b["p_yes"] <= 0.2, b
     assert bad["facts"] == good["facts"] and len(bad["facts"]) == 8  # the shipped facts.txt, as no facts were given

@@ -1,13 +1,16 @@
 """The ablation table (the paper's Table 3 at our scale) from the bench runs of recipes/release/sage-smol.sh.
 
-    python recipes/release/ablation_table.py recipes/release/results [--add runs/release/bench]
+    python recipes/release/ablation_table.py recipes/release/results-2 [--add runs/release/bench]
                                               [--out table.md] [--card MODEL_CARD.md]
+
+(results-2: the current recipe's runs, whose table is sage-smol 2's card; results: sage-smol 1's recipe,
+whose three-seed table is kept in recipes/release/sage-smol-1-card.md.)
 
 Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/untrained/SET-SHOTS and
 RESULTS/sage-smol-1/SET-SHOTS, rows benched once) and prints one Markdown table per evaluation set and
 setting that has runs: each row's metrics as mean ± standard deviation over the seeds that have it, with
 the number of seeds. Nothing is dropped: a row with fewer seeds says so.
-RESULTS is kept in the repository (recipes/release/results), so the card's table can be rebuilt on any
+RESULTS is kept in the repository, so the card's table can be rebuilt on any
 machine; --add first copies every finished run of a bench folder (same layout) into it, replacing the
 file of the same seed, row and set.
 AUROC is the P(yes) of the script's fixed detection question (`--detect-question "$DETECT"`); Map AUROC
@@ -26,16 +29,19 @@ from pathlib import Path
 from sage_cli.atomic import write_text
 
 ROWS = [("untrained", "untrained SAGE layers (no training)"),
-        ("sage-smol-1", "sage-smol 1 as shipped (seed 0's E-DPO, packed)"), ("sft", "SFT, no facts"),
+        ("sage-smol-1", "sage-smol 1 as shipped (seed 0's E-DPO, packed)"),
+        ("sage-smol-2", "sage-smol 2 as shipped (seed 0's E-DPO, packed, calibrated)"), ("sft", "SFT, no facts"),
         ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
-UNSEEDED = ("untrained", "sage-smol-1")  # rows benched once, not per training seed: RESULTS/ROW/SET-SHOTS
+UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
 SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories"),
         ("hazelnut-wordings", "real hazelnut defects, held-out wordings (`--wordings held-out`)"),
         ("heldout-wordings", "held-out synthetic categories, held-out wordings")]
 METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", lambda m: m["accuracy"]["identification"], 100),
            ("Diagnosis", lambda m: m["accuracy"]["diagnosis"], 100), ("Average", lambda m: m["accuracy"]["average"], 100),
            ("Acc-G", lambda m: m["acc_g"], 100), ("SBERT", lambda m: m["sbert"], 1), ("AUROC", lambda m: m["auroc"], 1),
-           ("Map AUROC", lambda m: m.get("auroc_map"), 1)]
+           ("Map AUROC", lambda m: m.get("auroc_map"), 1),
+           # the verdict of a calibrated checkpoint (sage calibrate) at its stored threshold, one-shot only
+           ("Acc. at threshold", lambda m: (m.get("calibrated") or {}).get("accuracy"), 100)]
 CARD_START, CARD_END = "<!-- ablation table", "<!-- end of ablation table -->"
 
 

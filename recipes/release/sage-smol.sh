@@ -6,7 +6,8 @@
 #   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
 #   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training,
-#                                                   # sage-smol-1 = the checkpoint shipped now
+#                                                   # sage-smol-1 / sage-smol-2 = the checkpoint shipped now
+#                                                   # (SHOTS=1: one-shot sets only)
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
@@ -135,9 +136,9 @@ train() {  # rows...
     done
 }
 
-bench_one() {  # run folder, model args...
+bench_one() {  # run folder, model args... (SHOTS="1": the one-shot sets only)
     local out=$1; shift
-    for shots in 1 0; do
+    for shots in ${SHOTS:-1 0}; do
         $SAGE bench mvtec --root "$HAZELNUT" --out "$out/hazelnut-$shots" --shots "$shots" \
             --max-new-tokens "$TOKENS" --facts "$R/facts.jsonl" --detect-question "$DETECT" --resume "$@"
         $SAGE bench mvtec --root "$R/bench-heldout" --out "$out/heldout-$shots" --shots "$shots" \
@@ -162,8 +163,8 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
     for row in "$@"; do  # shipped now, benched as a row of its own so that it stays in the tables after it)
         if [ "$row" = untrained ]; then
             bench_one "$R/bench/untrained" --backbone sage-smol
-        elif [ "$row" = sage-smol-1 ]; then
-            bench_one "$R/bench/sage-smol-1" --checkpoint sage-smol
+        elif [ "$row" = sage-smol-1 ] || [ "$row" = sage-smol-2 ]; then  # whichever is shipped now, under its name
+            bench_one "$R/bench/$row" --checkpoint sage-smol
         else
             local run=$row; case $row in fe | sft | hard) run=$row-v ;; esac  # an SFE row's model is its -v run
             if [ -f "$R/seed-$SEED/$run/checkpoint/config.json" ]; then
