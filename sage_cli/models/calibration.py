@@ -1,7 +1,7 @@
 """Calibrated detection: P(defect) from the first-token P(yes) and the Eq. 1 anomaly map (`sage calibrate`).
 
-A trained checkpoint's P(yes) to DEFAULT_QUESTION ranks defects fairly well, but its level is not learnt:
-sage-smol says 0.50 on a cracked hazelnut and 0.32 on a normal one, so "P(yes) >= 0.5" means nothing.
+A trained checkpoint's P(yes) to DEFAULT_QUESTION ranks defects fairly well, but its level need not be
+learnt: sage-smol 1 said 0.50 on a cracked hazelnut and 0.32 on a normal one, so "P(yes) >= 0.5" meant nothing.
 `sage calibrate CKPT --on VAL` measures, on every labelled one-shot pair of VAL (any format sage reads;
 meant to be synthetic: `sage data synth`), the detection features of FEATURES, and fits a logistic
 calibration
@@ -15,6 +15,9 @@ where both errors cost the same). The fit, its threshold, what VAL was and the f
 the raw P(yes), of the map peak and of P(defect); accuracy and balanced accuracy at the threshold;
 leave-one-category-out figures when VAL has several categories: how the line carries over to a category
 it was not fitted on) go under config.json's "calibration" key (`checkpoint.write_calibration`).
+`--features auto` (`choose_features`) measures every feature once and keeps the combination whose
+leave-one-category-out balanced accuracy is best, so which signals to trust is read off VAL, not chosen
+by hand.
 
 `apply(config["calibration"], p_yes, amap) -> (p_defect, defective)` is what `sage infer`, `sage bench`
 and `sage serve` call; `detect(engine, calibration, prefix, ...)` the same from an encoded pair. The
