@@ -215,22 +215,32 @@ def evaluate(rows: list[dict], names, weights, bias, threshold: float, l2: float
            "auroc_calibrated": auroc(y, p),
            "raw_at_0.5": accuracies(y, [r["p_yes"] >= 0.5 for r in rows]),
            "at_threshold": accuracies(y, [v >= threshold for v in p])}
-    cats = sorted({r["category"] for r in rows})
-    if len(cats) > 1:
-        held_p, held_y = [], []
-        for c in cats:
-            train = [i for i, r in enumerate(rows) if r["category"] != c]
-            test = [i for i, r in enumerate(rows) if r["category"] == c]
-            ty = [y[i] for i in train]
-            if all(ty) or not any(ty):
-                continue
-            w, b = fit([x[i] for i in train], ty, l2)
-            held_p += [probability({"weights": w, "bias": b}, x[i]) for i in test]
-            held_y += [y[i] for i in test]
-        if held_y:
-            out["leave_one_category_out"] = {"auroc": auroc(held_y, held_p),
-                                             **accuracies(held_y, [v >= threshold for v in held_p])}
+    held = held_out_figures(x, y, [r["category"] for r in rows], threshold, l2)
+    if held is not None:
+        out["leave_one_category_out"] = held
     return out
+
+
+def held_out_figures(x: list[list[float]], y: list[bool], categories: list[str], threshold: float,
+                     l2: float = L2) -> dict | None:
+    """Each category predicted by a fit on the others (a category whose others hold one class only is
+    skipped): {auroc, accuracy, balanced_accuracy, n} over every held-out prediction, or None when VAL has
+    one category or no category could be held out."""
+    if len(set(categories)) < 2:
+        return None
+    held_p, held_y = [], []
+    for c in sorted(set(categories)):
+        train = [i for i, k in enumerate(categories) if k != c]
+        ty = [y[i] for i in train]
+        if all(ty) or not any(ty):
+            continue
+        w, b = fit([x[i] for i in train], ty, l2)
+        test = [i for i, k in enumerate(categories) if k == c]
+        held_p += [probability({"weights": w, "bias": b}, x[i]) for i in test]
+        held_y += [y[i] for i in test]
+    if not held_y:
+        return None
+    return {"auroc": auroc(held_y, held_p), **accuracies(held_y, [v >= threshold for v in held_p])}
 
 
 def choose_features(rows: list[dict], threshold: float) -> tuple[tuple[str, ...], dict]:
@@ -240,12 +250,12 @@ def choose_features(rows: list[dict], threshold: float) -> tuple[tuple[str, ...]
     from itertools import combinations
 
     names = tuple(FEATURES)
+    y, cats = [r["defective"] for r in rows], [r["category"] for r in rows]
     scores: dict[str, dict] = {}
     best, best_key = None, None
     for k in range(1, len(names) + 1):
         for subset in combinations(range(len(names)), k):
-            sub = [{**r, "features": [r["features"][i] for i in subset]} for r in rows]
-            loco = evaluate(sub, [names[i] for i in subset], [0.0] * k, 0.0, threshold).get("leave_one_category_out")
+            loco = held_out_figures([[r["features"][i] for i in subset] for r in rows], y, cats, threshold)
             if not loco:
                 continue
             key = (round(loco["balanced_accuracy"], 6), round(loco["auroc"] or 0.0, 6), -k)

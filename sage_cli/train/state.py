@@ -168,16 +168,13 @@ def trained_wordings(recipe) -> str | None:
 
     Read from the `sage prefs build` manifest beside the training file (E-DPO pairs: beside the QA file
     `sage score mle` scored), else inherited from the starting checkpoint."""
-    def manifest(path) -> dict:
-        try:
-            return json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError):
-            return {}
+    def manifest(path: Path) -> dict:  # what can be read of it; a missing or broken file is {}
+        return runfolder.read_manifest(path, lenient=True) or {}
 
     if recipe.data.train:
         folder = Path(recipe.data.train).parent
         qa = manifest(folder / "score.json").get("qa_file")
-        found = manifest((Path(qa).parent if qa else folder) / "prefs.json").get("wordings")
+        found = manifest((Path(qa).parent if isinstance(qa, str) else folder) / "prefs.json").get("wordings")
         if found:
             return found
     start = ckpt.resolve(recipe.model.checkpoint, None) if recipe.model.checkpoint else None  # "sage-smol" too
