@@ -240,6 +240,14 @@ def test_features_auto_keeps_the_best_held_out_combination(tiny_ckpt, val, tmp_p
     assert rows[0]["feature_names"] == c["features"] and len(rows[0]["features"]) == len(c["features"])
     w, b = cal.fit([r["features"] for r in rows], [r["defective"] for r in rows])
     assert w == pytest.approx(c["weights"]) and b == pytest.approx(c["bias"])
+    # one category: nothing to hold out, refused in one line before the model loads, nothing written
+    washers = tmp_path / "washers"
+    shutil.copytree(val / "washer", washers / "washer")
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(washers), "--out", str(tmp_path / "one"), "--features",
+                "auto"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--features auto needs two categories" in err and err.count("\n") == 1
+    assert not (tmp_path / "one").exists()
 
 
 @pytest.mark.parametrize("case, match", [

@@ -475,11 +475,14 @@ def calibrate(opts: Options, progress=None) -> dict:
         which = "defective" if n_def else "normal"
         raise SageError(f"{val}: all {len(pairs)} labelled pairs are {which}; calibration needs normal and "
                         "defective pairs (a synth output's test/good holds its normal test images)")
+    auto = opts.features == (AUTO,)
+    if auto and len({p.category for p in pairs}) < 2:  # before the model loads: nothing to hold out
+        raise SageError(f"{val}: --features auto needs two categories or more (it picks the features by holding "
+                        "each category out); this VAL has one. Name the features instead")
     from sage_cli.models.engine import Engine
 
     engine = Engine.load(None, str(src), dtype=opts.dtype, device=opts.device, seed=opts.seed)
     t0 = time.perf_counter()
-    auto = opts.features == (AUTO,)
     rows = measure(engine, pairs, tuple(FEATURES) if auto else opts.features, opts.question, progress)
     names, tried = opts.features, None
     if auto:  # every feature measured once; each subset refitted from the rows
