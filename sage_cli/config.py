@@ -54,6 +54,10 @@ class DataConfig:
     val: str | None = None
     facts: str | None = None  # facts JSON Lines from `sage facts extract`
     shots: Literal[0, 1] = 1  # 0 = zero-shot (no reference image)
+    # SFE, one-shot data: this share of the training micro-batches is shown without its reference, so the
+    # model also learns to answer zero-shot (beyond the paper, whose training is one-shot); which ones is
+    # fixed by train.seed and the step, so a resumed run repeats them
+    zero_shot_share: float = 0.0
 
 
 @dataclass
@@ -203,9 +207,11 @@ SEED = Range(0, 2**32 - 1, why="numpy's seeds are 32-bit")
 POSITIVE = Range(0.0, lo_open=True)  # learning rates, beta, timeouts, loss weights
 NON_NEGATIVE = Range(0.0)  # weight decay, clipping (0 = off), eta, temperature
 DROPOUT = Range(0.0, 1.0, hi_open=True, why="a probability; 1 would zero the LoRA branch and nothing would train")
+SHARE = Range(0.0, 1.0, why="a share")
 DEFAULT_INT, DEFAULT_FLOAT = POSITIVE_INT, NON_NEGATIVE  # fields not listed (None means "off", so 0 is not needed)
 
 RANGES: dict[type, dict[str, Range]] = {
+    DataConfig: {"zero_shot_share": SHARE},
     ModelConfig: {"num_facts": POSITIVE_INT, "k_patches": POSITIVE_INT, "fusion_heads": POSITIVE_INT,
                   "image_size": POSITIVE_INT},
     LoraConfig: {"r": POSITIVE_INT, "alpha": POSITIVE_INT, "dropout": DROPOUT},

@@ -129,7 +129,8 @@ class Inference:
             "reference": str(i.reference) if i.reference is not None else None,
             "references": [str(r) for r in i.references],
             "facts": self.facts,
-            "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, **self._calibrated(x),
+            "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, "guided": x.guided,
+                         **self._calibrated(x),
                          "new_tokens": x.new_tokens, "prompt_tokens": x.prompt_tokens, "ttft_s": x.ttft_s,
                          "tokens_per_s": x.tokens_per_s}
                         for x in self.answers],
@@ -164,9 +165,9 @@ class Inference:
         fitted, given = (self.calibration or {}).get("shots", 1), len(self.inputs.references)
         other = (f"; fitted on {fitted}-reference maps, this one has {given}: `sage calibrate --shots {given}` "
                  "fits these" if given != fitted else "")
-        return (f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']} (threshold {d['threshold']:.2f}; raw "
-                f"P(yes) {d['p_yes']:.2f} to {d['question']!r}; calibrated on {val.get('pairs')} pairs of "
-                f"{val.get('name')}{other})")
+        raw = f"; raw P(yes) {d['p_yes']:.2f} to {d['question']!r}" if d["p_yes"] is not None else ""
+        return (f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']} (threshold {d['threshold']:.2f}{raw}; "
+                f"calibrated on {val.get('pairs')} pairs of {val.get('name')}{other})")
 
     def anomaly_line(self) -> str | None:
         """Where the map peaks, in words and patches; None zero-shot."""
@@ -217,32 +218,40 @@ def facts_for(spec: str | None, inputs: Inputs, engine) -> list[str]:
 
 
 def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 128, on_question=None,
-              on_text=None, on_answer=None, timings: dict | None = None) -> Inference:
+              on_text=None, on_answer=None, timings: dict | None = None, guided: bool = True) -> Inference:
     """Encode the pair once, answer every question over it, draw the heatmap if asked.
 
     `on_question(q)` before each answer, `on_text(str)` as it is decoded (None: not streamed),
-    `on_answer(answer)` after it.
+    `on_answer(answer)` after it. `guided`: where the checkpoint is calibrated and a reference is given,
+    the calibrated detection is read first and sets the first word of the answers it can give
+    (models/guide.py).
     """
+    from sage_cli.models import calibration as cal
+    from sage_cli.models import guide
+
     prefix = engine.encode(inputs.test_img, inputs.reference_images, facts)
+    anomaly = engine.anomaly(prefix)
+    stored = cal.of_checkpoint(engine.checkpoint)
+    detection = None
+    if guided and stored is not None and anomaly is not None:
+        detection = cal.detect(engine, stored, prefix, anomaly)
     answers = []
     for q in inputs.questions:
         if on_question:
             on_question(q)
-        answers.append(engine.answer(prefix, q, max_new_tokens=max_new_tokens, on_text=on_text))
+        answers.append(engine.answer(prefix, q, max_new_tokens=max_new_tokens, on_text=on_text,
+                                     verdict=guide.verdict_for(q, detection, anomaly)))
         if on_answer:
             on_answer(answers[-1])
-    anomaly = engine.anomaly(prefix)
     if inputs.heatmap is not None:
         from sage_cli import heatmap as hm
 
         hm.save(hm.render_map(inputs.test_img, anomaly), inputs.heatmap)
-    from sage_cli.models import calibration as cal
-
-    stored = cal.of_checkpoint(engine.checkpoint)
-    detection = None
-    if stored is not None and anomaly is not None:
-        asked = next((a for a in answers if a.question.strip() == stored.get("question")), None)
+    asked = next((a for a in answers if stored and a.question.strip() == stored.get("question")), None)
+    if detection is None and stored is not None and anomaly is not None:  # reuses an answer's P(yes) if it can
         detection = cal.detect(engine, stored, prefix, anomaly, asked.p_yes if asked else None,
                                asked.question if asked else None)
+    elif detection is not None and detection["p_yes"] is None and asked is not None:
+        detection["p_yes"] = asked.p_yes  # the raw figure beside the calibrated one (a map-only fit reads none)
     t = {**(timings or {}), "encode_s": prefix.encode_s, "prefill_s": prefix.prefill_s}
     return Inference(engine, inputs, prefix, answers, anomaly, t, detection, stored)

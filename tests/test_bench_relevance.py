@@ -19,6 +19,9 @@ CASES = [
     # type
     ("Is the flaw a fracture?", "No. It is a stain, not a fracture.", True),
     ("Is the flaw a fracture?", "Yes. It is in the upper left.", False),
+    # size
+    ("Is the flaw on this brick wall small?", "No. It covers a tiny area, under 1% of the image.", True),
+    ("Is the flaw on this brick wall small?", "Yes. It is contamination in the middle left.", False),
     # consequence
     (STOP, "Yes, the crack can spread and let moisture in.", True),
     (STOP, "No, it is purely cosmetic.", True),

@@ -100,6 +100,23 @@ def test_statements_follow_the_questions_polarity_words_do_not():
     assert verdict("The shell is intact as in the reference.", "Is the shell as intact as in the reference?") == (True, "claim")
 
 
+SMALL = "Would you call the flaw on the test brick wall small?"
+
+
+@pytest.mark.parametrize("question,answer,expected", [
+    # the template's own wrong option: a tiny area is not small (the buckets of data.masks.size_words)
+    (SMALL, "It is contamination over a tiny area in the middle left, covering under 1% of the image, not small.", False),
+    (SMALL, "I would call it small.", True),
+    (SMALL, "It is a large stain across the middle.", False),  # another size: no, though there is a defect
+    ("Is the defect on the test wall medium-sized?", "A medium-sized scratch at the top.", True),
+    ("Is the defect large?", "There is no defect on this part.", False),
+    ("Is it tiny?", "A tiny scratch at the top.", True),
+    ("Is there a small crack?", "There is a small crack on the left.", True),  # a type question, not a size one
+])
+def test_size_questions_read_the_size_said(question, answer, expected):
+    assert verdict(answer, question) == (expected, "claim")
+
+
 @pytest.mark.parametrize("question,polarity", [
     ("Is there any defect on the test object?", 1),
     ("Compared with the reference, is there any defect on the test widget?", 1),

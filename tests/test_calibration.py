@@ -171,6 +171,19 @@ def test_calibrate_stores_the_fit_and_infer_reports_it(tiny_ckpt, val, tmp_path,
     assert f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']}" in capsys.readouterr().out
     assert run(["infer", str(test), "--checkpoint", str(out), "--max-new-tokens", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detection"] is None  # zero-shot: no map, no calibrated verdict
+    # guided (the default): the detection's verdict starts the answers whose yes/no it gives, in their polarity
+    engine = Engine.load(None, str(out))
+    yes, no = set(engine.yes_ids), set(engine.no_ids)
+    free = "Is the test object free of defects?"
+    for extra, guided in (([], True), (["--no-guided"], False)):
+        assert run(args + ["--json", "-q", QUESTION, "-q", free, "-q", "Where is it?"] + extra) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert [a["guided"] for a in rep["answers"]] == [guided, guided, False]
+        if guided:
+            defect = rep["detection"]["verdict"] == "defect"
+            firsts = [engine.model.backbone.tokenizer(a["answer"], add_special_tokens=False)["input_ids"][0]
+                      for a in rep["answers"][:2]]
+            assert firsts[0] in (yes if defect else no) and firsts[1] in (no if defect else yes), rep["answers"]
 
 
 def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_path, capsys, monkeypatch):
@@ -193,6 +206,43 @@ def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_pat
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     scored = [s for s in samples if "p_defect" in s]
     assert scored and all(s["defect_verdict"] == (s["p_defect"] >= 0.5) for s in scored)
+    # guided (the default, recorded): the standard questions' answers start with the detection's word
+    assert res["config"]["guided"] is True
+    guided = [s for s in samples if s.get("guided")]
+    assert guided and all(s["level"] != "standard" or s.get("guided") for s in samples)
+    # a kept run of the other setting is not resumed with this one
+    rc = run(["bench", "mvtec", "--root", str(val), "--checkpoint", str(out), "--limit", "2", "--no-sbert",
+              "--no-plots", "--max-new-tokens", "2", "--out", str(tmp_path / "run"), "--detect-question", QUESTION,
+              "--resume", "--no-guided"])
+    assert rc == 1 and "guided" in capsys.readouterr().err
+
+
+def test_serve_guides_the_answers_it_can(tiny_ckpt, val, tmp_path, capsys):
+    """`sage serve` over a calibrated checkpoint: a detection question's answer starts with the calibrated
+    verdict's word and says "guided"; a question the guide leaves alone does not; --no-guided, none."""
+    from PIL import Image
+
+    from test_serve import Running, _ask
+
+    out = tmp_path / "calibrated"
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--limit", "2"]) == 0
+    capsys.readouterr()
+    engine = Engine.load(None, str(out))
+    test = Image.open(val / "washer" / "test" / "hole" / "000.png")
+    ref = Image.open(val / "washer" / "train" / "good" / "000.png")
+    want = cal.detect(engine, checkpoint.read_calibration(out), engine.encode(test, ref))["verdict"] == "defect"
+    for guided in (True, False):
+        srv = Running(engine, guided=guided)
+        try:
+            for q, guides in ((QUESTION, guided), ("Where is it?", False)):
+                r = srv.client().chat.completions.create(model="tiny", messages=_ask(q, test, ref), max_tokens=3)
+                sage, text = r.model_extra["sage"], r.choices[0].message.content
+                assert sage["guided"] is guides, (q, sage)
+                if guides:
+                    first = engine.model.backbone.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+                    assert first in (engine.yes_ids if want else engine.no_ids), text
+        finally:
+            srv.close()
 
 
 def test_shots_fit_maps_with_that_many_references(tiny_ckpt, val, tmp_path, capsys):
@@ -306,15 +356,23 @@ def test_make_infer_bundled_pair_under_the_shipped_calibration(capsys):
     (fitted on synthetic pairs only, features chosen by leave-one-category-out: recipes/release/sage-smol.sh
     calibrate). The raw P(yes) reaches issue #22's line (0.913 / 0.014); the calibrated P(defect), the map's
     peak alone as the fit chose, is 0.802 / 0.235: the normal photo misses "<= 0.2" by 0.035. Pinned: both
-    verdicts right at the stored threshold, with the figures the card reports, to within machine noise."""
-    got = {}
+    verdicts right at the stored threshold, with the figures the card reports, to within machine noise.
+    Guided (the default), that verdict starts the answer to a wording no training build uses, in its
+    polarity ("in perfect condition?": no on the crack, yes on the normal photo)."""
+    got, perfect = {}, "Is this hazelnut in perfect condition?"
     for name in ("crack", "good"):
-        assert run(["infer", str(PAIR / f"{name}.jpg"), str(PAIR / "reference.jpg"), "-q", QUESTION, "--json",
-                    "--max-new-tokens", "8"]) == 0
-        got[name] = json.loads(capsys.readouterr().out)["detection"]
+        assert run(["infer", str(PAIR / f"{name}.jpg"), str(PAIR / "reference.jpg"), "-q", QUESTION, "-q", perfect,
+                    "--json", "--max-new-tokens", "8"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        got[name] = rep["detection"]
+        first = rep["answers"][1]["answer"].split()[0].strip(".,").lower()
+        assert rep["answers"][1]["guided"] and first == ("no" if name == "crack" else "yes"), rep["answers"]
     assert got["crack"]["verdict"] == "defect" and got["good"]["verdict"] == "normal", got
     assert got["crack"]["p_defect"] == pytest.approx(0.802, abs=0.02), got
     assert got["good"]["p_defect"] == pytest.approx(0.235, abs=0.02), got
     assert got["crack"]["p_yes"] >= 0.8 and got["good"]["p_yes"] <= 0.2, got  # the raw P(yes), unchanged
+    assert run(["infer", str(PAIR / "good.jpg"), str(PAIR / "reference.jpg"), "-q", perfect, "--json",
+                "--max-new-tokens", "2", "--no-guided"]) == 0
+    assert not json.loads(capsys.readouterr().out)["answers"][0]["guided"]
     c = shipped_calibration
     assert "hazelnut_pair" not in c["val"]["path"] and "test" not in Path(c["val"]["path"]).name

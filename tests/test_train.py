@@ -98,6 +98,17 @@ def test_sfe_objective_equals_the_llms_own_loss():
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5) and stats == {}
 
 
+def test_zero_shot_draw_is_fixed_by_seed_step_and_micro_batch():
+    from sage_cli.train.trainer import shown_zero_shot
+
+    draws = [shown_zero_shot(0.3, 0, step, 0) for step in range(1, 1001)]
+    assert 250 < sum(draws) < 350  # about the share
+    assert draws == [shown_zero_shot(0.3, 0, step, 0) for step in range(1, 1001)]  # a resumed run draws the same
+    assert draws != [shown_zero_shot(0.3, 1, step, 0) for step in range(1, 1001)]  # another seed, other batches
+    assert not any(shown_zero_shot(0.0, 0, s, 0) for s in range(100))
+    assert all(shown_zero_shot(1.0, 0, s, 0) for s in range(100))
+
+
 def test_ranks_take_different_slices_of_a_seeded_order():
     r0, r1 = (epoch_batches(10, seed=0, epoch=0, batch_size=2, world=2, rank=r) for r in (0, 1))
     assert len(r0) == len(r1) == 3  # 10 examples, global batch 4: the last one wraps around
@@ -225,6 +236,7 @@ def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
     ("malformed", "missing field 'chosen'"),
     ("used", "holds an earlier run"),
     ("weight", "train.verdict_weight must be > 0"),
+    ("zeroshot-edpo", "data.zero_shot_share is for SFE only"),
     ("accum", "fewer than train.grad_accum=20"),  # no whole step in an epoch: it would never end
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, tmp_path, capsys):
@@ -238,6 +250,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, t
         args = _sfe_args(world, out, "train.verdict_weight=0")
     elif case == "accum":
         args = _sfe_args(world, out, "train.grad_accum=20")
+    elif case == "zeroshot-edpo":
+        args = ["train", "edpo", f"model.backbone={world['vlm']}", "--checkpoint", str(sfe_run / "checkpoint"),
+                "--train", str(world["pairs"]), "--out", str(out), "data.zero_shot_share=0.5"]
     else:
         pairs = tmp_path / "pairs.jsonl"
         recs = [json.loads(line) for line in world["pairs"].read_text().splitlines()]
@@ -255,6 +270,20 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, t
     assert err.startswith("error: ") and match in err and err.count("\n") == 1
     if case != "used":
         assert not out.exists()
+
+
+def test_zero_shot_share_shows_batches_without_their_reference(world, tmp_path):
+    """Share 1 trains exactly as zero-shot data does (data.shots=0); share 0.5 is neither run."""
+    steps = ["train.max_steps=6", "optim.lr=2e-2", "train.seed=3"]
+    losses = {}
+    for name, extra in {"one": [], "zero": ["data.shots=0"], "all": ["data.zero_shot_share=1"],
+                        "half": ["data.zero_shot_share=0.5"]}.items():
+        assert run(_sfe_args(world, tmp_path / name, *steps, *extra)) == 0
+        losses[name] = [r["loss"] for _, r in sorted(_metrics(tmp_path / name).items())]
+    assert losses["all"] == pytest.approx(losses["zero"], rel=1e-5)
+    assert losses["all"] != pytest.approx(losses["one"], rel=1e-3)
+    assert losses["half"] != pytest.approx(losses["one"], rel=1e-3)
+    assert losses["half"] != pytest.approx(losses["zero"], rel=1e-3)
 
 
 def _sage(*args, **kw):

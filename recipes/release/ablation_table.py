@@ -30,9 +30,11 @@ from sage_cli.atomic import write_text
 
 ROWS = [("untrained", "untrained SAGE layers (no training)"),
         ("sage-smol-1", "sage-smol 1 as shipped (seed 0's E-DPO, packed)"),
-        ("sage-smol-2", "sage-smol 2 as shipped (seed 0's E-DPO, packed, calibrated)"), ("sft", "SFT, no facts"),
+        ("sage-smol-2", "sage-smol 2 as shipped (seed 0's E-DPO, packed, calibrated), the model's own yes/no"),
+        ("sage-smol-2-guided", "sage-smol 2 as shipped, yes/no guided by its calibrated detection (the default)"),
+        ("sft", "SFT, no facts"),
         ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
-UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
+UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2", "sage-smol-2-guided")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
 SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories"),
         ("hazelnut-wordings", "real hazelnut defects, held-out wordings (`--wordings held-out`)"),
         ("heldout-wordings", "held-out synthetic categories, held-out wordings")]

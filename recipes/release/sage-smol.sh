@@ -6,8 +6,9 @@
 #   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
 #   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training,
-#                                                   # sage-smol-1 / sage-smol-2 = the checkpoint shipped now
-#                                                   # (SHOTS=1: one-shot sets only)
+#                                                   # sage-smol-1 / sage-smol-2 = the checkpoint shipped now,
+#                                                   # its own yes/no; sage-smol-2-guided: guided (the default
+#                                                   # of sage infer; models/guide.py) (SHOTS=1: one-shot sets only)
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
@@ -34,6 +35,11 @@ VERDICT_STEPS=${VERDICT_STEPS:-500}  # weighted VERDICT_WEIGHT (the recipe's 10 
 VERDICT_WEIGHT=${VERDICT_WEIGHT:-40} # the image late: after 400 steps P(yes) was 0.31 on defects, 0.20 on normals;
 # with 200 verdict steps (sage-smol 1) P(yes) on the bundled crack / normal pair was 0.54 / 0.36 and "Is this
 # hazelnut in perfect condition?" got yes on both; 200 more at weight 40 took them to 0.89 / 0.02)
+# share of the verdict steps' batches shown without their reference (data.zero_shot_share). Trained one-shot
+# only, sage-smol 2 calls every part normal zero-shot (39.2% on hazelnut zero-shot, below always "No"). 0.25
+# was tried (seed 0): zero-shot 42.5% / 53.3% (hazelnut / held out), one-shot 79.2% / 61.3% (from 85.8% /
+# 70.7%): not kept
+ZERO_SHOT_SHARE=${ZERO_SHOT_SHARE:-0}
 DPO_STEPS=${DPO_STEPS:-100}
 SCORE_GROUPS=${SCORE_GROUPS:-400}  # QA groups scored for preference pairs (400 groups: ~4,000 pairs; E-DPO uses 200)
 TRAIN_CATS=${TRAIN_CATS:-brushed_metal woven_fabric wood_plank gear brick gravel}
@@ -116,7 +122,7 @@ sfe_row() {  # name, facts mode: SFE_STEPS steps in NAME, then VERDICT_STEPS mor
     local qa="$R/prefs/train.jsonl"
     train_row "$1" sfe --train "$qa" "model.facts_mode=$2" "train.max_steps=$SFE_STEPS"
     train_row "$1-v" sfe --train "$qa" --checkpoint "$R/seed-$SEED/$1/checkpoint" "train.seed=$((SEED + 1))" \
-        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS"
+        "train.verdict_weight=$VERDICT_WEIGHT" "train.max_steps=$VERDICT_STEPS" "data.zero_shot_share=$ZERO_SHOT_SHARE"
 }
 
 ROWS_ALL="fe edpo dpo sft hard"  # the full model first: it is the one that ships
@@ -164,7 +170,9 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
         if [ "$row" = untrained ]; then
             bench_one "$R/bench/untrained" --backbone sage-smol
         elif [ "$row" = sage-smol-1 ] || [ "$row" = sage-smol-2 ]; then  # whichever is shipped now, under its name
-            bench_one "$R/bench/$row" --checkpoint sage-smol
+            bench_one "$R/bench/$row" --checkpoint sage-smol --no-guided
+        elif [ "$row" = sage-smol-2-guided ]; then
+            bench_one "$R/bench/$row" --checkpoint sage-smol --guided
         else
             local run=$row; case $row in fe | sft | hard) run=$row-v ;; esac  # an SFE row's model is its -v run
             if [ -f "$R/seed-$SEED/$run/checkpoint/config.json" ]; then

@@ -8,12 +8,13 @@
   "Is it the same as the reference?", "Does it pass inspection?");
 * ``type``: whether the defect is of a named kind ("Is the defect a crack?", "Is there a scratch?");
 * ``location``: whether the defect is at a named place ("Is the anomaly on the right side?");
+* ``size``: whether the defect is of a named size ("Is the flaw on this wall small?": the size word ends it);
 * ``other``: anything else, mostly consequences and causes ("Could this cause leakage?").
 
 An asker's wrapper ("Would you say", "Can you spot", "Do you notice") is dropped first: the question is
 what follows it. A decision is read next, by its verb ("Should it be rejected?": presence; "Can it be shipped?",
-"Would you accept it?": normal). Then kinds are tried in the order location, other (a consequence or
-cause), type, normal, presence: "Could the crack cause leakage?" is a consequence, "Is the crack on the
+"Would you accept it?": normal). Then kinds are tried in the order size, location, other (a consequence
+or cause), type, normal, presence: "Could the crack cause leakage?" is a consequence, "Is the crack on the
 left?" a location question.
 The word lists (`lexicon`) are shared with the answer reader in `verdict.py`.
 """
@@ -28,9 +29,10 @@ from sage_cli.bench import lexicon as lx
 
 @dataclass(frozen=True)
 class Ask:
-    kind: str  # presence | normal | type | location | other
+    kind: str  # presence | normal | type | location | size | other
     types: frozenset[str] = frozenset()  # canonical defect types named by a type question
     places: frozenset[str] = frozenset()  # canonical places, or part names ("head"), of a location question
+    sizes: frozenset[str] = frozenset()  # the size bucket a size question names (lexicon.size_of)
     keys: tuple[str, ...] = ()  # the question's content-word stems (an "other" question's answer may echo them)
     good: bool = False  # an "other" question whose yes is the good outcome ("Will it still work?")
 
@@ -124,6 +126,10 @@ def ask(question: str | None) -> Ask:
              if not set(m.group(1).split()) & (_NOT_PLACE | lx.PLACE_WORDS | {"half", "part", "area", "region"})}
     subject_is_defect = bool(re.match(r"^(?:is|are|was)\s+(?:the|this|that|it|its)\b", text)) and \
         lx.mentions_defect(words[:6] + ["defect"] if re.match(r"^(?:is|are)\s+(?:it|this|that)\b", text) else words[:6])
+    content = [w for w in words if w.isalnum() or "-" in w]
+    size = lx.size_of(content[-1]) if content else None
+    if size and (lx.mentions_defect(words) or re.match(r"^(?:is|are)\s+(?:it|this|that|they)\b", text)):
+        return Ask("size", sizes=frozenset({size}))  # "Is the flaw small?"; "Is there a small crack?" is not
     decision = _DECISION.match(text)
     if decision:  # "Should this part be accepted?" / "Does it need to be scrapped?": the verb may be echoed
         return Ask("normal" if decision.group(1) in _ACCEPT else "presence", keys=(decision.group(1)[:5],))

@@ -101,7 +101,8 @@ _PHRASES = [
 _PLACES = {
     "top": "top", "upper": "top", "uppermost": "top", "above": "top",
     "bottom": "bottom", "lower": "bottom", "lowest": "bottom", "base": "bottom", "below": "bottom",
-    "left": "left", "leftmost": "left", "right": "right", "rightmost": "right",
+    "left": "left", "leftmost": "left", "left-hand": "left", "right": "right", "rightmost": "right",
+    "right-hand": "right",
     "center": "center", "centre": "center", "middle": "center", "central": "center", "centrally": "center",
     "edge": "edge", "edges": "edge", "rim": "edge", "border": "edge", "borders": "edge", "periphery": "edge",
     "perimeter": "edge", "margin": "edge", "outer": "edge", "boundary": "edge", "circumference": "edge",
@@ -190,6 +191,28 @@ def places_agree(asked: set[str], said: set[str]) -> bool | None:
             return False
     core = asked - {"edge"} if asked - {"edge"} else asked
     return bool(core & said) or (core == {"edge"} and bool(said & {"edge", "corner"}))
+
+
+# The size buckets our answers use (data.masks.size_words: tiny / small / medium-sized / large) and their
+# synonyms. The buckets are distinct: "tiny" is not "small" ("a tiny area, not small").
+_SIZES = {"tiny": "tiny", "minute": "tiny", "small": "small", "little": "small", "minor": "small",
+          "medium": "medium", "medium-sized": "medium", "moderate": "medium", "large": "large", "big": "large",
+          "huge": "large", "extensive": "large", "sizable": "large", "sizeable": "large"}
+
+
+def size_of(word: str) -> str | None:
+    return _SIZES.get(word)
+
+
+def sizes_said(tokens: list[str]) -> tuple[set[str], set[str]]:
+    """The size buckets an answer names, and those it denies ("not small", "no larger than ..." is not one)."""
+    said, denied = set(), set()
+    for i, w in enumerate(tokens):
+        size = _SIZES.get(w)
+        if size is None:
+            continue
+        (denied if set(tokens[max(0, i - 3): i]) & {"not", "nor", "never", "neither"} else said).add(size)
+    return said, denied
 
 
 def mentions_defect(tokens: list[str]) -> bool:

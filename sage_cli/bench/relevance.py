@@ -7,6 +7,7 @@ carries what the question's kind (`asks.ask`) asks for:
 * location ("Is the damage near the top-left corner?"): a place (a side, corner, edge, centre, or the
   part the question names);
 * type ("Is the flaw a fracture?"): a defect kind;
+* size ("Is the flaw on this wall small?"): a size word ("tiny", "large") or the share of the image it covers;
 * other, mostly consequence or cause ("Could it stop the part from working?"): a consequence or cause
   word, or that it does not matter ("cosmetic", "harmless");
 * presence / normal ("Is it free of defects?", "Can it be shipped?"): a verdict its words give (the
@@ -51,4 +52,6 @@ def answers_question(question: str, answer: str, verdict_source: str | None = No
         return bool(said) or any(p in text for p in asked.places if " " in p or p not in lx.PLACE_WORDS)
     if kind == "type":
         return any(lx.type_of(tokens, i) for i in range(len(tokens)))
+    if kind == "size":
+        return any(lx.size_of(w) for w in tokens) or "%" in answer or "percent" in tokens
     return any(lx.is_consequence_word(w) or w in lx.NO_CONSEQUENCE for w in tokens)

@@ -23,7 +23,7 @@ RESULTS_FORMAT = "sage-bench/1"
 SAMPLE_FORMAT = "sage-bench-sample/1"
 # Settings that change the answers: a resumed run must keep them (limit and categories may change).
 ANSWER_KEYS = ("format", "root", "backbone", "checkpoint", "shots", "facts", "max_new_tokens", "seed", "judge",
-               "detect_question", "protocol", "grader", "wordings")
+               "detect_question", "protocol", "grader", "wordings", "guided")
 CSV_COLUMNS = ("group_id", "q", "category", "level", "type", "question", "truth", "answer", "verdict", "verdict_source",
                "correct", "p_yes", "p_probe", "best_option", "sbert", "new_tokens", "detect_label", "label_source",
                "detect_score", "map_max", "mle_type", "mle_location", "mle_logic", "mle")
@@ -35,7 +35,8 @@ def prepare(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
     def recorded(results: dict) -> dict:
         if results.get("results_format") != RESULTS_FORMAT:
             raise SageError(f"{Path(out) / RESULTS}: not a sage bench results file")
-        return {"protocol": "sage", "grader": "text", "wordings": "seen", **(results.get("config") or {})}  # runs from before these settings
+        # runs from before these settings
+        return {"protocol": "sage", "grader": "text", "wordings": "seen", "guided": False, **(results.get("config") or {})}
 
     found = runfolder.check(out, RESULTS, config, resume=resume, overwrite=overwrite, recorded=recorded, keys=ANSWER_KEYS,
                             ours=(SAMPLES, SAMPLES_CSV, PLOTS), what="benchmark run")

@@ -78,6 +78,7 @@ class BenchOptions:
     grader: str = "text"  # text | probe | an OpenAI-compatible URL (grading.py)
     grader_model: str | None = None
     wordings: str = "seen"  # mvtec: the questions' wordings, seen | held-out | both (prefs/wordings.py)
+    guided: bool = True  # a calibrated checkpoint's detection sets the yes/no it can give (models/guide.py)
 
     def config(self, judge_name: str | None = None) -> dict:
         return {"format": self.fmt, "root": str(Path(self.root).resolve()), "backbone": self.backbone,
@@ -86,7 +87,8 @@ class BenchOptions:
                 "max_new_tokens": self.max_new_tokens, "limit": self.limit, "categories": self.categories,
                 "seed": self.seed, "device": self.device, "dtype": self.dtype, "sbert": self.sbert,
                 "judge": judge_name, "detect_question": self.detect_question, "protocol": self.protocol,
-                "grader": self.grader, "grader_model": self.grader_model, "wordings": self.wordings}
+                "grader": self.grader, "grader_model": self.grader_model, "wordings": self.wordings,
+                "guided": self.guided}
 
 
 @dataclass
@@ -274,6 +276,12 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
     judge = BenchJudge(opts.judge, opts.judge_model) if opts.judge else None
     llm = grading.LLMGrader(opts.grader, opts.grader_model) if opts.grader.startswith(("http://", "https://")) else None
     config = opts.config(judge.name if judge else None)
+    from sage_cli.models.calibration import of_checkpoint
+
+    calibration = of_checkpoint(opts.checkpoint)  # a malformed one fails before any work
+    # the guide acts only where it can (a calibrated checkpoint, a reference): elsewhere the answers are the
+    # same either way, and a run kept from before the setting resumes
+    config["guided"] = bool(opts.guided and calibration is not None and opts.shots > 0)
     unlabelled = sum(1 for it in loaded.items if it.defective is None)
     if unlabelled and opts.strict:
         first = next(it.id for it in loaded.items if it.defective is None)
@@ -300,9 +308,6 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
         from sage_cli.prefs.wordings import TRAINING_WORDINGS
 
         base["wordings"] = {"bank": TRAINING_WORDINGS, "model": read_config(opts.checkpoint).get("wordings")}
-    from sage_cli.models.calibration import of_checkpoint
-
-    calibration = of_checkpoint(opts.checkpoint)  # a malformed one fails before any work
     if calibration is not None:
         val = calibration.get("val") or {}
         base["calibration"] = {"val": val.get("name"), "pairs": val.get("pairs"), "date": calibration.get("date"),
@@ -320,8 +325,16 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     t0 = time.perf_counter()
     prefix = eng.encode(test_img, ref_img, run.facts(item.path(item.test_image)))
     t1 = time.perf_counter()
+    amap = eng.anomaly(prefix)
+    detection = verdicts = None
+    if run.config["guided"] and item.kind == "yesno" and amap is not None:
+        from sage_cli.models import guide
+        from sage_cli.models.calibration import detect
+
+        detection = detect(eng, run.calibration, prefix, amap)  # first: it sets the answers' first word
+        verdicts = [guide.verdict_for(bq.question, detection, amap) for bq in todo]
     answers = eng.answer_group(prefix, [grading.prompt(bq.prompt, opts.protocol) for bq in todo],
-                               max_new_tokens=opts.max_new_tokens)
+                               max_new_tokens=opts.max_new_tokens, verdicts=verdicts)
     probes = [None] * len(todo)
     if opts.grader == "probe" and item.kind == "yesno":
         probes = [eng.p_yes(prefix, bq.prompt + grading.PROBE_SUFFIX) for bq in todo]
@@ -331,12 +344,14 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     t.questions += len(todo)
     t.new_tokens += sum(a.new_tokens for a in answers)
     sims = _sbert_scores(run.sbert, item, todo, answers)
-    amap = eng.anomaly(prefix)
     peak = amap.max if amap is not None else None
     recs = [_sample(item, bq, a, s, peak, auto_detect=run.polarity is None, grade=run.grade, p_probe=pp)
             for bq, a, s, pp in zip(todo, answers, sims, probes)]
     _detect_fallback(item, recs, eng, prefix, peak, opts.detect_question, run.polarity)
-    _calibrated(run.calibration, recs, eng, prefix, amap)
+    for r, a in zip(recs, answers):
+        if a.guided:
+            r["guided"] = True
+    _calibrated(run.calibration, recs, eng, prefix, amap, detection)
     if amap is not None and recs[0]["q"] == item.questions[0].q:
         recs[0]["anomaly_map"] = amap.rounded()
     if run.judge is not None:
@@ -347,8 +362,9 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     return recs, prefix
 
 
-def _calibrated(calibration: dict | None, recs: list[dict], eng, prefix, amap) -> None:
-    """p_defect and defect_verdict on the sample that carries the item's detection label (module doc)."""
+def _calibrated(calibration: dict | None, recs: list[dict], eng, prefix, amap, d: dict | None = None) -> None:
+    """p_defect and defect_verdict on the sample that carries the item's detection label (module doc);
+    `d`: the detection when the guide read it already."""
     if calibration is None or amap is None:
         return
     rec = next((r for r in recs if r.get("detect_label") is not None), None)
@@ -362,7 +378,7 @@ def _calibrated(calibration: dict | None, recs: list[dict], eng, prefix, amap) -
         asked, p = q, rec["detect_score"]  # the fallback asked it (polarity +1: the score is its P(yes))
     elif rec.get("question") == q and rec.get("p_yes") is not None:
         asked, p = q, rec["p_yes"]
-    d = detect(eng, calibration, prefix, amap, p, asked)
+    d = d or detect(eng, calibration, prefix, amap, p, asked)
     if d is not None:
         rec.update(p_defect=d["p_defect"], defect_verdict=d["verdict"] == "defect")
 

@@ -301,6 +301,20 @@ def _location(clauses: list[_Clause], asked: frozenset[str]) -> bool | None:
     return None
 
 
+def _size(clauses: list[_Clause], asked: frozenset[str]) -> bool | None:
+    """ "Is the flaw small?" - "a tiny area, not small" (no), "it is small" (yes), "it is large" (no)."""
+    said, denied = lx.sizes_said([t for c in clauses for t in c.tokens])
+    if asked & denied and not asked & said:
+        return NO
+    if asked & said:
+        return YES
+    if said:
+        return NO  # another size
+    if _presence(clauses) is False:
+        return NO  # nothing there, so nothing small
+    return None
+
+
 def _parts_agree(asked: frozenset[str], said: set[str], denied: set[str]) -> bool | None:
     """Part names: "on the screw head?" - "along the shank, not on the head" (no); "on the blue wire?" -
     "on the green-yellow wire" (no: same part, other modifier)."""
@@ -397,6 +411,8 @@ def verdict(text: str | None, question: str | None = None) -> tuple[bool | None,
         v = _type(clauses, a.types)
     elif a.kind == "location":
         v = _location(clauses, a.places)
+    elif a.kind == "size":
+        v = _size(clauses, a.sizes)
     elif a.kind == "other":
         v = _other(clauses, a)
         if v is None and question is None:

@@ -62,6 +62,7 @@ def command_for(fmt: str):
         grader: str = typer.Option("text", "--grader", help="Who reads a yes/no answer (protocol sage): text (sage's reader, P(yes) where it finds no verdict), probe (ask again with 'Answer yes or no.' and take P(yes)), or an OpenAI-compatible URL (an LLM reads each answer)."),
         grader_model: Optional[str] = typer.Option(None, "--grader-model", help="The grading LLM's model name at --grader URL."),
         wordings: str = typer.Option("seen", "--wordings", help="mvtec: word the built questions as training does (seen), in the held-out families no training build uses (held-out: other vocabularies for place, type, decisions), or both (ten questions per image). Every format reports accuracy on seen and unseen wordings apart."),
+        guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and references: the first word (yes/no) of answers on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer` (models/guide.py). --no-guided grades the model's own first word."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
         from sage_cli.bench.runner import BenchOptions
@@ -70,7 +71,8 @@ def command_for(fmt: str):
                             facts=facts, max_new_tokens=max_new_tokens, limit=limit, categories=categories, seed=seed,
                             device=device, dtype=dtype, sbert=sbert, judge=judge, judge_model=judge_model, plots=plots,
                             resume=resume, overwrite=overwrite, strict=strict, detect_question=detect_question,
-                            protocol=protocol, grader=grader, grader_model=grader_model, wordings=wordings)
+                            protocol=protocol, grader=grader, grader_model=grader_model, wordings=wordings,
+                            guided=guided)
         _run(opts, as_json)
 
     bench.__doc__ = (f"Benchmark on {fmt} data: accuracy per level and overall, Acc-G, SBERT, detection AUROC "

@@ -28,6 +28,7 @@ def infer(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: int = typer.Option(0, "--seed", help="Seeds the untrained SAGE layers when no checkpoint is given."),
+    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and REF: the first word (yes/no) of an answer on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map; the model writes the rest. --no-guided: the model's own first word."),
 ) -> None:
     """Answer questions about a test image against a normal reference, with the anomaly map.
 
@@ -36,7 +37,9 @@ def infer(
     probabilities. Without REF the model answers zero-shot and there is no anomaly map. Several REFs:
     Eq. 1 runs over the union of their patches (a memory bank of normal patches); the prompt shows the
     first reference. A checkpoint calibrated with `sage calibrate` also reports P(defect) and its verdict
-    at the stored threshold, beside the raw P(yes).
+    at the stored threshold, beside the raw P(yes), and (unless --no-guided) that verdict starts the
+    answers to questions on whether the part is defective or normal and where the defect is: they are
+    marked "guided", and P(yes) stays the model's own.
     """
     from sage_cli.infer import Inputs, facts_for, load_engine, run_infer
 
@@ -44,10 +47,11 @@ def infer(
     engine, load_s = load_engine(backbone, checkpoint, dtype, device, seed, repetition_penalty)
     given = facts_for(facts, inputs, engine)
     if as_json:
-        done = run_infer(engine, inputs, given, max_new_tokens, timings={"load_s": load_s})
+        done = run_infer(engine, inputs, given, max_new_tokens, timings={"load_s": load_s}, guided=guided)
         sys.stdout.write(json.dumps(done.report(), indent=2) + "\n")
         return
-    done = run_infer(engine, inputs, given, max_new_tokens, timings={"load_s": load_s}, **_printer(sys.stdout))
+    done = run_infer(engine, inputs, given, max_new_tokens, timings={"load_s": load_s}, guided=guided,
+                     **_printer(sys.stdout))
     _epilogue(sys.stdout, done, given)
 
 
@@ -62,7 +66,8 @@ def _printer(out) -> dict:
     def answer(a):
         out.write(("" if stream else a.text) + "\n")
         p = f"P(yes) {a.p_yes:.2f} · " if a.p_yes is not None else ""
-        out.write(f"   {p}{a.new_tokens} tokens · {a.tokens_per_s:.1f} tokens/s\n\n")
+        g = "yes/no from the detection · " if a.guided else ""
+        out.write(f"   {g}{p}{a.new_tokens} tokens · {a.tokens_per_s:.1f} tokens/s\n\n")
 
     text = (lambda s: (out.write(s), out.flush())) if stream else None
     return {"on_question": question, "on_text": text, "on_answer": answer}

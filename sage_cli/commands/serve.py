@@ -31,6 +31,7 @@ def serve(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     quiet: bool = typer.Option(False, "--quiet", help="No line per request on stderr (failures are still logged)."),
+    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and a reference image: the answer's first word (yes/no) to a question on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer`."),
 ) -> None:
     """Serve a sage model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions).
 
@@ -66,7 +67,7 @@ def serve(
     name = served_name or _default_name(engine.backbone_name)
     server = make_server(engine, host, port, model_name=name, api_key=api_key, limits=limits, llm_only=llm_only,
                          quiet=quiet, max_queue=max_queue, request_timeout_s=request_timeout,
-                         max_batch=max_batch)
+                         max_batch=max_batch, guided=guided)
     err = sys.stderr
     if not is_loopback(host):
         auth = "a key is required" if api_key else "and NO key is required (set --api-key-env)"

@@ -65,6 +65,7 @@ FEATURES = {
                      lambda p, mx, mean, flat: math.log(max(_top_mean(flat, 4), EPS))),
 }
 NEEDS_MAP = {"log_map_top4"}  # features read from the whole map, not only its peak and mean
+NEEDS_P_YES = {"logit_p_yes"}  # features read from the model's answer
 DEFAULT_FEATURES = ("log_map_max", "log_map_ratio")  # chosen by leave-one-category-out on synthetic VAL
 AUTO = "auto"  # --features auto: every subset of FEATURES tried, the best leave-one-category-out one kept
 
@@ -87,14 +88,15 @@ def _map_stats(amap) -> tuple[float, float, list[float] | None] | None:
 
 
 def feature_values(names, p_yes: float | None, amap) -> list[float] | None:
-    """The named features of one pair; None when one cannot be computed (no P(yes), zero-shot: no map)."""
+    """The named features of one pair; None when one cannot be computed (no P(yes) where one is read,
+    zero-shot: no map)."""
     stats = _map_stats(amap)
-    if p_yes is None or stats is None:
+    if stats is None or (p_yes is None and any(n in NEEDS_P_YES for n in names)):
         return None
     mx, mean, flat = stats
     if flat is None and any(n in NEEDS_MAP for n in names):
         return None
-    return [FEATURES[n][1](float(p_yes), mx, mean, flat) for n in names]
+    return [FEATURES[n][1](p_yes, mx, mean, flat) for n in names]
 
 
 def check(calibration: dict, where: str = "calibration") -> dict:
@@ -132,8 +134,8 @@ def detect(engine, calibration: dict | None, prefix, amap=None, p_yes: float | N
            question: str | None = None) -> dict | None:
     """The calibrated detection of an encoded pair, JSON-ready: {question, p_yes, p_defect, verdict,
     threshold}; None without a calibration or zero-shot. `p_yes` is reused when it was read for the
-    calibration's own question (`question`); otherwise that question's P(yes) is read now (one forward
-    after the cached prefix, no decoding)."""
+    calibration's own question (`question`); otherwise, if a feature reads it, that question's P(yes) is
+    read now (one forward after the cached prefix, no decoding); else it stays None."""
     if not calibration:
         return None
     amap = amap if amap is not None else engine.anomaly(prefix)
@@ -141,7 +143,7 @@ def detect(engine, calibration: dict | None, prefix, amap=None, p_yes: float | N
         return None
     q = calibration.get("question") or DEFAULT_QUESTION
     if p_yes is None or question is None or question.strip() != q:
-        p_yes = engine.p_yes(prefix, q)
+        p_yes = engine.p_yes(prefix, q) if set(calibration["features"]) & NEEDS_P_YES else None
     p, defective = apply(calibration, p_yes, amap)
     if p is None:
         return None

@@ -73,6 +73,7 @@ class Answer:
     ttft_s: float  # prefill (with the prefix for a first question, else the question alone) + first token
     decode_s: float  # after the first token
     timings: dict = field(default_factory=dict)
+    guided: bool = False  # the first word was set by the caller (models/guide.py), not picked by the model
 
     @property
     def tokens_per_s(self) -> float:
@@ -114,6 +115,7 @@ class Prompt:
     on_text: object = None  # on_text(str) -> False to stop this row; None: not streamed
     # (key, n): the first n embeds are those of every prompt with this key (`Engine.shared_start`)
     shared: tuple[str, int] | None = None
+    verdict: bool | None = None  # the first word: True = yes, False = no (models/guide.py); None: the model's
 
 
 class Engine:
@@ -242,8 +244,9 @@ class Engine:
     @torch.no_grad()
     def answer(self, prefix: Prefix, question: str, max_new_tokens: int = 128, on_text=None,
                temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-               repetition_penalty: float | None = None) -> Answer:
-        """Answer one question on an encoded pair; `on_text(str)` receives the text as it is decoded."""
+               repetition_penalty: float | None = None, verdict: bool | None = None) -> Answer:
+        """Answer one question on an encoded pair; `on_text(str)` receives the text as it is decoded.
+        `verdict` (True = yes, False = no) sets the answer's first word; the model writes the rest."""
         if not question.strip():
             raise SageError("the question is empty")
         rest = self._question_rest(prefix, question)[None]  # [1, T_rest, C]
@@ -253,7 +256,7 @@ class Engine:
             if first else rest  # after the cached prefix, M-RoPE positions continue from the cache's delta
         a = self._answer_one(cache, embeds, question, max_new_tokens, on_text,
                              {"temperature": temperature, "top_p": top_p, "generator": generator,
-                              "penalty": self._penalty(repetition_penalty)})
+                              "penalty": self._penalty(repetition_penalty)}, verdict)
         if first:
             cache.crop(-(cache.get_seq_length() - prefix.prefix_tokens))  # keep the prefix for the next questions
             prefix.cache = cache
@@ -275,19 +278,23 @@ class Engine:
 
     @torch.no_grad()
     def answer_group(self, prefix: Prefix, questions: list[str], max_new_tokens: int = 128,
-                     **sampling) -> list[Answer]:
+                     verdicts: list[bool | None] | None = None, **sampling) -> list[Answer]:
         """Answers to several questions on one encoded pair, decoded together as one batch.
 
         Gives the same text as `answer` for each question (up to float rounding in batched matmuls).
-        `sampling`: temperature, top_p, generator, repetition_penalty, as `answer` takes them.
+        `verdicts`: each answer's first word as `answer` takes it; `sampling`: temperature, top_p,
+        generator, repetition_penalty, as `answer` takes them.
         """
-        return self.answer_groups([prefix], [questions], max_new_tokens, **sampling)[0]
+        return self.answer_groups([prefix], [questions], max_new_tokens,
+                                  verdicts=[verdicts] if verdicts is not None else None, **sampling)[0]
 
     @torch.no_grad()
     def answer_groups(self, prefixes: list[Prefix], questions: list[list[str]], max_new_tokens: int = 128,
                       temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                      repetition_penalty: float | None = None) -> list[list[Answer]]:
-        """questions[i] on prefixes[i], every row decoded in one batch; answers per prefix.
+                      repetition_penalty: float | None = None,
+                      verdicts: list[list[bool | None]] | None = None) -> list[list[Answer]]:
+        """questions[i] on prefixes[i], every row decoded in one batch; answers per prefix. `verdicts[i][j]`
+        sets the first word of answer j on prefix i (as `answer` takes it; None: the model's).
 
         Row (i, j) is [prefix i | padding | question j + assistant header]: the prefix caches are repeated
         per row, each row's question is right-aligned so all rows end together, and explicit position
@@ -298,8 +305,9 @@ class Engine:
         if any(not q.strip() for qs in questions for q in qs):
             raise SageError("a question is empty")
         if len({p.prefix_tokens for p in prefixes}) > 1 or len({len(qs) for qs in questions}) > 1:
-            return [self.answer_groups([p], [qs], max_new_tokens, temperature, top_p, generator,
-                                       repetition_penalty)[0] for p, qs in zip(prefixes, questions)]
+            return [self.answer_groups([p], [qs], max_new_tokens, temperature, top_p, generator, repetition_penalty,
+                                       [verdicts[i]] if verdicts is not None else None)[0]
+                    for i, (p, qs) in enumerate(zip(prefixes, questions))]
         per, plen = len(questions[0]), prefixes[0].prefix_tokens
         rests = [self._question_rest(p, q) for p, qs in zip(prefixes, questions) for q in qs]  # [T_r, C] each
         embeds, mask, pos = self._right_aligned(rests, plen)  # [n, W, C], [n, P + W], [n, W]
@@ -309,13 +317,16 @@ class Engine:
         logits = self.lm(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)  # [n, V]
         p_yes = [self._p_yes(row) for row in logits]
         rows = decoding.PaddedRows(self.lm, cache, mask, pos[:, -1])
+        flat_verdicts = [v for vs in verdicts for v in vs] if verdicts is not None else [None] * len(rests)
+        logits, guided = self._forced(logits, flat_verdicts)
         ids, t_first = decoding.decode(rows, logits, max_new_tokens, self.stop_ids, temperature=temperature,
                                        top_p=top_p, generator=generator, penalty=self._penalty(repetition_penalty))
         t_end = time.perf_counter()
         tok = self.model.backbone.tokenizer
         flat = [q for qs in questions for q in qs]
         answers = [Answer(q, tok.decode(ids[r], skip_special_tokens=True).strip(), p_yes[r], len(ids[r]),
-                          plen + rests[r].shape[0], t_first - t0, t_end - t_first) for r, q in enumerate(flat)]
+                          plen + rests[r].shape[0], t_first - t0, t_end - t_first, guided=guided[r])
+                   for r, q in enumerate(flat)]
         return [answers[i * per:(i + 1) * per] for i in range(len(prefixes))]
 
     def _right_aligned(self, rests: list[torch.Tensor], plen: int):
@@ -412,6 +423,7 @@ class Engine:
         t0 = time.perf_counter()
         cache, logits, rows = self._shared_prefill(prompts) if shared else self._padded_prefill(prompts)
         p_yes = [self._p_yes(row) for row in logits]
+        logits, guided = self._forced(logits, [p.verdict for p in prompts])
         tok = self.model.backbone.tokenizer
         streams = [decoding.TextStream(tok, p.on_text) if p.on_text is not None else None for p in prompts]
         ids, t_first = decoding.decode(
@@ -425,7 +437,7 @@ class Engine:
             if streams[i] is not None:
                 streams[i].close(ids[i])
             answers.append(Answer(p.question, tok.decode(ids[i], skip_special_tokens=True).strip(), p_yes[i],
-                                  len(ids[i]), p.embeds.shape[0], t_first - t0, t_end - t_first))
+                                  len(ids[i]), p.embeds.shape[0], t_first - t0, t_end - t_first, guided=guided[i]))
         return answers
 
     def _padded_prefill(self, prompts: list[Prompt]):
@@ -456,12 +468,14 @@ class Engine:
         logits = self.lm(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)  # [n, V]
         return cache, logits, decoding.PaddedRows(self.lm, cache, mask, pos[:, -1])
 
-    def _answer_one(self, cache, embeds, question: str, max_new_tokens: int, on_text, sampling: dict) -> Answer:
+    def _answer_one(self, cache, embeds, question: str, max_new_tokens: int, on_text, sampling: dict,
+                    verdict: bool | None = None) -> Answer:
         """Feed `embeds` [1, T, C] after `cache`, then decode one row (streamed to `on_text`)."""
         tok = self.model.backbone.tokenizer
         t0 = time.perf_counter()
         logits = self.lm(cache, inputs_embeds=embeds)  # [1, V]
         p_yes = self._p_yes(logits[0])
+        logits, guided = self._forced(logits, [verdict])
         stream = decoding.TextStream(tok, on_text) if on_text is not None else None
         ids, t_first = decoding.decode(lambda nxt: self.lm(cache, input_ids=nxt[:, None]), logits, max_new_tokens,
                                        self.stop_ids, on_token=stream, **sampling)
@@ -469,7 +483,22 @@ class Engine:
         if stream is not None:
             stream.close(ids[0])
         text = tok.decode(ids[0], skip_special_tokens=True).strip()
-        return Answer(question, text, p_yes, len(ids[0]), embeds.shape[1], t_first - t0, t_end - t_first)
+        return Answer(question, text, p_yes, len(ids[0]), embeds.shape[1], t_first - t0, t_end - t_first,
+                      guided=guided[0])
+
+    def _forced(self, logits: torch.Tensor, verdicts: list[bool | None]) -> tuple[torch.Tensor, list[bool]]:
+        """The first-token logits [n, V] with each row that has a verdict left only its yes (True) or no
+        tokens, so that its first token is the model's own likeliest spelling of that word; and which rows
+        were set. A tokenizer without yes/no tokens sets none."""
+        rows = [i for i, v in enumerate(verdicts) if v is not None] if self.yes_ids and self.no_ids else []
+        if not rows:
+            return logits, [False] * len(verdicts)
+        out = logits.clone()
+        for i in rows:
+            keep = torch.tensor(self.yes_ids if verdicts[i] else self.no_ids, device=logits.device)
+            out[i] = float("-inf")
+            out[i, keep] = logits[i, keep]
+        return out, [i in rows for i in range(len(verdicts))]
 
     def _penalty(self, override: float | None) -> float:
         return self.repetition_penalty if override is None else override

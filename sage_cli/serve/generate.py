@@ -39,13 +39,14 @@ class Runner:
     (their images' pixels through the encoder as one batch) and decoded together: on a CPU as on an
     accelerator, one forward over n rows costs far less than n forwards."""
 
-    def __init__(self, engine, limits: Limits):
+    def __init__(self, engine, limits: Limits, guided: bool = True):
         self.engine, self.limits = engine, limits
         self.lock = threading.Lock()
         self.context = _context_window(engine)
         from sage_cli.models.calibration import of_checkpoint
 
         self.calibration = of_checkpoint(engine.checkpoint)  # the checkpoint's verdict line, if it has one
+        self.guided = guided  # the calibrated detection sets the yes/no it can give (models/guide.py)
 
     def pixels(self, test, reference=None):
         """A request's PIL images -> the encoder's input (small; the full-size images can then go)."""
@@ -106,7 +107,20 @@ class Runner:
         budget = self._budget(prompt, req.max_tokens)
         embeds, shared = (eng.pair_embeds(prefix, question), eng.shared_start(prefix)) if eng.batches_prompts \
             else (None, None)
-        return Prepared(Prompt(embeds, question, budget, **self._sampling(req), shared=shared), prefix, None, budget)
+        return Prepared(Prompt(embeds, question, budget, **self._sampling(req), shared=shared,
+                               verdict=self._guide(prefix, question)), prefix, None, budget)
+
+    def _guide(self, prefix, question: str) -> bool | None:
+        """The answer's first word from the calibrated detection (models/guide.py); None: the model's."""
+        if not self.guided or not self.calibration:
+            return None
+        from sage_cli.models import guide
+        from sage_cli.models.calibration import detect
+
+        amap = self.engine.anomaly(prefix)
+        if amap is None or not guide.guides(question):
+            return None  # zero-shot, or a question the guide leaves to the model: no detection read
+        return guide.verdict_for(question, detect(self.engine, self.calibration, prefix, amap), amap)
 
     def _chat(self, req: ChatRequest) -> Prepared:
         from sage_cli.models.engine import Prompt
@@ -128,7 +142,7 @@ class Runner:
         sampling = {"temperature": p.prompt.temperature, "top_p": p.prompt.top_p, "generator": p.prompt.generator}
         if p.prefix is not None:
             return self.engine.answer(p.prefix, p.prompt.question, max_new_tokens=p.budget,
-                                      on_text=p.prompt.on_text, **sampling)
+                                      on_text=p.prompt.on_text, verdict=p.prompt.verdict, **sampling)
         return self.engine.chat(p.messages, max_new_tokens=p.budget, on_text=p.prompt.on_text, **sampling)
 
     def _budget(self, prompt_tokens: int, asked: int | None) -> int:
@@ -162,7 +176,7 @@ class Runner:
             amap = self.engine.anomaly(p.prefix)
             # the map itself too ([h][w], 3 decimals: a few hundred numbers), so a client can draw the heatmap
             anomaly = {**amap.summary(), "map": amap.rounded(3)} if amap is not None else None
-            sage = {"p_yes": a.p_yes, "anomaly": anomaly, **self._verdict(p, a, amap)}
+            sage = {"p_yes": a.p_yes, "anomaly": anomaly, "guided": a.guided, **self._verdict(p, a, amap)}
         return Result(a.text, finish, a.prompt_tokens, a.new_tokens, sage)
 
 

@@ -80,6 +80,8 @@ class SageResult(BaseModel):
     verdict: Optional[Literal["defect", "normal"]] = Field(None, description="p_defect at the checkpoint's stored "
                                                           "threshold")
     threshold: Optional[float] = Field(None, description="the stored threshold the verdict uses")
+    guided: bool = Field(False, description="the answer's first word (yes/no) came from the calibrated detection "
+                         "and the anomaly map, not from the model (`sage serve --guided`)")
 
 
 class AssistantMessage(BaseModel):

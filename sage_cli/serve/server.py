@@ -30,15 +30,16 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 def make_server(engine, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
                 api_key: str | None = None, limits: Limits | None = None, llm_only: bool = False,
                 quiet: bool = False, log=None, max_queue: int = DEFAULT_MAX_QUEUE,
-                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, max_batch: int = DEFAULT_MAX_BATCH) -> "SageServer":
+                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, max_batch: int = DEFAULT_MAX_BATCH,
+                guided: bool = True) -> "SageServer":
     """A bound server (port 0 = a free one; see `.url`): `serve_forever()`, then `shutdown()` and `server_close()`.
 
     `log` is a text stream for one line per request and engine failures (default: sys.stderr at the time
     of writing); `quiet` drops the request lines only. `max_queue` requests may wait for the model
     (past it: 503 with Retry-After); a request gets `request_timeout_s` seconds, waiting included (504);
-    up to `max_batch` waiting requests are decoded together.
+    up to `max_batch` waiting requests are decoded together. `guided`: as `sage infer --guided`.
     """
-    return SageServer(host, port, Runner(engine, limits or Limits()), model_name or engine.backbone_name,
+    return SageServer(host, port, Runner(engine, limits or Limits(), guided), model_name or engine.backbone_name,
                       api_key or None, llm_only, quiet, log, max_queue, request_timeout_s, max_batch)
 
 

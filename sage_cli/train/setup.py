@@ -65,6 +65,10 @@ def load_examples(stage: str, recipe) -> tuple[list, list]:
         raise SageError(_no_training_data(stage))
     if recipe.train.verdict_weight <= 0:
         raise SageError(f"train.verdict_weight must be > 0, got {recipe.train.verdict_weight}")
+    if d.zero_shot_share and stage != "sfe":  # E-DPO's reference log-probs are computed one-shot
+        raise SageError("data.zero_shot_share is for SFE only; set it to 0 for E-DPO")
+    if d.zero_shot_share and d.shots == 0:
+        raise SageError("data.zero_shot_share needs one-shot data: with data.shots=0 every batch is zero-shot")
     facts = ex.FactsIndex(d.facts)
 
     def read(path) -> list:

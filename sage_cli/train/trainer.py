@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
+import random
 import time
 from pathlib import Path
 
@@ -38,6 +40,13 @@ from sage_cli.train.setup import (START, build_model, count_parameters, load_exa
                                   planned_indices, steps)
 from sage_cli.train.state import (latest_state, load_reference, load_state, save_checkpoint, save_reference,
                                   save_state, write_rank_record, write_summary)
+
+
+def shown_zero_shot(share: float, seed: int, step: int, micro: int) -> bool:
+    """Whether micro-batch `micro` of optimizer step `step` is shown without its reference
+    (data.zero_shot_share): a draw from the seed, step and micro-batch alone, so a resumed run and every
+    process of a distributed one draw the same."""
+    return share > 0 and random.Random(f"{seed}/{step}/{micro}").random() < share
 
 
 def _quiet(line: str) -> None:
@@ -78,8 +87,10 @@ class Run:
 
     # -- batches and the objective
 
-    def _batch(self, idx: list[int], data: list, reference=None) -> Batch:
+    def _batch(self, idx: list[int], data: list, reference=None, zero_shot: bool = False) -> Batch:
         exs = [data[i] for i in idx]
+        if zero_shot:  # the same examples without their reference image (data.zero_shot_share)
+            exs = [dataclasses.replace(e, reference=None) for e in exs]
         f_t = self.features.get([e.test for e in exs])  # [B, N, D]
         refs = [e.reference for e in exs]
         if any(r is None for r in refs) and not all(r is None for r in refs):
@@ -205,7 +216,7 @@ class Run:
         self.model.backbone.parts()["vision"].eval()
         for step in steps(plan, acc.process_index, start):
             t0 = time.perf_counter()
-            logs, grad_norm = self._train_step(module, step.micro_batches)
+            logs, grad_norm = self._train_step(module, step.micro_batches, step.number)
             samples += plan.global_batch
             dt = time.perf_counter() - t0
             rec = {"step": step.number, "epoch": step.epoch, **logs, "lr": self.topology.scheduler.get_last_lr()[0],
@@ -239,14 +250,14 @@ class Run:
         if progress:
             progress(rec["step"], rec)
 
-    def _train_step(self, module, micro_batches: list[list[int]]) -> tuple[dict, torch.Tensor | None]:
+    def _train_step(self, module, micro_batches: list[list[int]], step: int = 0) -> tuple[dict, torch.Tensor | None]:
         """One optimizer step: the loss and stats of each micro-batch, backward, update. Returns the stats
         averaged over micro-batches and processes, and the gradient norm (None: no clipping)."""
         logs: dict[str, float] = {}
-        n = self.plan.grad_accum
+        n, share, seed = self.plan.grad_accum, self.recipe.data.zero_shot_share, self.recipe.train.seed
         for i, idx in enumerate(micro_batches):
             self.seen.extend(self.train_set[j].key for j in idx)
-            batch = self._batch(idx, self.train_set, self.train_reference)
+            batch = self._batch(idx, self.train_set, self.train_reference, shown_zero_shot(share, seed, step, i))
             with self.accelerator.autocast():
                 loss, stats = module(batch)
             for k, v in {**stats, "loss": loss}.items():
