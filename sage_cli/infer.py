@@ -107,7 +107,7 @@ class Inference:
     anomaly: object | None  # engine.AnomalyMap; None zero-shot
     timings: dict = field(default_factory=dict)
     # the checkpoint's calibrated detection (models/calibration.detect): {question, p_yes, p_defect, verdict,
-    # threshold}; None without a calibration or zero-shot
+    # threshold}; None without a calibration (zero-shot: without one fitted with --shots 0)
     detection: dict | None = None
     calibration: dict | None = None  # the checkpoint's stored calibration, as read
 
@@ -157,7 +157,7 @@ class Inference:
                                                   "features": (self.calibration or {}).get("features")}}
 
     def detection_line(self) -> str | None:
-        """The calibrated verdict in words; None without a calibration or zero-shot."""
+        """The calibrated verdict in words; None without a calibration for this number of references."""
         d = self.detection
         if d is None:
             return None
@@ -167,7 +167,7 @@ class Inference:
                  "fits these" if given != fitted else "")
         raw = f"; raw P(yes) {d['p_yes']:.2f} to {d['question']!r}" if d["p_yes"] is not None else ""
         return (f"detection: P(defect) {d['p_defect']:.2f} -> {d['verdict']} (threshold {d['threshold']:.2f}{raw}; "
-                f"calibrated on {val.get('pairs')} pairs of {val.get('name')}{other})")
+                f"calibrated{' zero-shot' if fitted == 0 else ''} on {val.get('pairs')} pairs of {val.get('name')}{other})")
 
     def anomaly_line(self) -> str | None:
         """Where the map peaks, in words and patches; None zero-shot."""
@@ -192,6 +192,7 @@ def load_engine(backbone: str | None, checkpoint: Path | None, dtype: str = "aut
         from sage_cli.models.calibration import of_checkpoint
 
         of_checkpoint(checkpoint)  # a malformed stored calibration fails now, not after the answers
+        of_checkpoint(checkpoint, zero_shot=True)
     t0 = time.perf_counter()
     engine = Engine.load(backbone, str(checkpoint) if checkpoint else None, dtype=dtype, device=device, seed=seed,
                          repetition_penalty=repetition_penalty)
@@ -231,9 +232,9 @@ def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 12
 
     prefix = engine.encode(inputs.test_img, inputs.reference_images, facts)
     anomaly = engine.anomaly(prefix)
-    stored = cal.of_checkpoint(engine.checkpoint)
+    stored = cal.of_checkpoint(engine.checkpoint, zero_shot=anomaly is None)  # no reference: the zero-shot fit
     detection = None
-    if guided and stored is not None and anomaly is not None:
+    if guided and stored is not None:
         detection = cal.detect(engine, stored, prefix, anomaly)
     answers = []
     for q in inputs.questions:
@@ -248,7 +249,7 @@ def run_infer(engine, inputs: Inputs, facts: list[str], max_new_tokens: int = 12
 
         hm.save(hm.render_map(inputs.test_img, anomaly), inputs.heatmap)
     asked = next((a for a in answers if stored and a.question.strip() == stored.get("question")), None)
-    if detection is None and stored is not None and anomaly is not None:  # reuses an answer's P(yes) if it can
+    if detection is None and stored is not None:  # reuses an answer's P(yes) if it can
         detection = cal.detect(engine, stored, prefix, anomaly, asked.p_yes if asked else None,
                                asked.question if asked else None)
     elif detection is not None and detection["p_yes"] is None and asked is not None:

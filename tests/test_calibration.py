@@ -245,6 +245,40 @@ def test_serve_guides_the_answers_it_can(tiny_ckpt, val, tmp_path, capsys):
             srv.close()
 
 
+def test_zero_shot_calibration_serves_pairs_without_a_reference(tiny_ckpt, val, tmp_path, capsys):
+    """--shots 0: P(yes) of the test image alone, stored apart; infer and bench without a reference use it
+    (and guide with it), with a reference they use the one-shot fit (here none)."""
+    out = tmp_path / "zero"
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(out), "--limit", "2", "--shots", "0",
+                "--rows", str(tmp_path / "rows.jsonl")]) == 0
+    assert "zero-shot (no reference)" in capsys.readouterr().out
+    c = checkpoint.read_calibration(out, zero_shot=True)
+    assert checkpoint.read_calibration(out) is None
+    assert c["shots"] == 0 and c["features"] == ["logit_p_yes"] and c["metrics"]["auroc_map_max"] is None
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert all(r["map_max"] is None for r in rows)
+    test, ref = val / "washer" / "test" / "hole" / "000.png", val / "washer" / "train" / "good" / "000.png"
+    assert run(["infer", str(test), "--checkpoint", str(out), "--max-new-tokens", "2", "--json", "-q", QUESTION]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    d = rep["detection"]
+    assert d["p_defect"] == pytest.approx(cal.apply(c, rep["answers"][0]["p_yes"], None)[0])
+    assert rep["answers"][0]["guided"] and d["calibration"]["val"] == "val"
+    assert run(["infer", str(test), str(ref), "--checkpoint", str(out), "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detection"] is None  # one-shot: no fit for maps
+    rc = run(["bench", "mvtec", "--root", str(val), "--checkpoint", str(out), "--limit", "1", "--no-sbert",
+              "--no-plots", "--max-new-tokens", "2", "--out", str(tmp_path / "run"), "--shots", "0"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert res["config"]["guided"] and any("p_defect" in s for s in samples)
+    assert all(s.get("guided") for s in samples if s["level"] == "standard")
+    assert run(["calibrate", str(tiny_ckpt), "--on", str(val), "--out", str(tmp_path / "bad"), "--shots", "0",
+                "--features", "log_map_max"]) == 1
+    err = capsys.readouterr().err
+    assert "no anomaly map" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+
+
 def test_shots_fit_maps_with_that_many_references(tiny_ckpt, val, tmp_path, capsys):
     """--shots 2: each pair gets a second normal reference drawn as bench --shots draws them, the fit is
     stored with "shots": 2, and infer with one reference says its map is of another kind."""
@@ -301,7 +335,7 @@ def test_features_auto_keeps_the_best_held_out_combination(tiny_ckpt, val, tmp_p
 
 
 @pytest.mark.parametrize("case, match", [
-    ("shots", "--shots must be 1 or more"),
+    ("shots", "--shots must be 0 (zero-shot) or more"),
     ("no_pairs", "no labelled one-shot pairs"),
     ("one_class", "all 1 labelled pairs are normal"),
     ("no_ckpt", "checkpoint directory not found"),
@@ -326,7 +360,7 @@ def test_bad_inputs_are_one_line(case, match, tiny_ckpt, tmp_path, capsys):
     elif case == "threshold":
         args += ["--threshold", "1.5"]
     elif case == "shots":
-        args += ["--shots", "0"]
+        args += ["--shots", "-1"]
     assert run(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and err.count("\n") == 1

@@ -109,3 +109,11 @@ def test_verdicts_in_a_batch_match_one_at_a_time(engine):
     alone = [engine.answer(prefix, q, max_new_tokens=5, verdict=v) for q, v in zip(qs, verdicts)]
     assert [a.text for a in batch] == [a.text for a in alone]
     assert [a.guided for a in batch] == [True, True, False]
+
+
+def test_zero_shot_the_guide_gives_presence_and_normality_not_places():
+    q = "Is the damage near the top-left corner?"
+    assert verdict_for("Is this hazelnut flawless?", DEFECT, None) is False
+    assert verdict_for("Is there any defect on the test object?", NORMAL, None) is False
+    assert verdict_for(q, DEFECT, None) is None  # no map says where
+    assert verdict_for(q, NORMAL, None) is False  # nothing anywhere

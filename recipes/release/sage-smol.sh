@@ -14,7 +14,8 @@
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
 #                                                   # then calibrate
 #   bash recipes/release/sage-smol.sh calibrate     # the shipped checkpoint's P(defect), fitted on synthetic
-#                                                   # validation pairs only (config.json's "calibration")
+#                                                   # validation pairs only (config.json's "calibration", and
+#                                                   # "calibration_zero_shot" for requests without a reference)
 #
 # bench also keeps each finished run's results.json in $RESULTS (recipes/release/results-2; commit it): the table
 # is made from there, so it survives the loss of runs/.
@@ -220,6 +221,8 @@ calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic valida
     $SAGE data synth --from "$src" --out "$R/calibrate-val" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 11
     # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
     $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
+    # and for a test image alone (no reference, no map): P(yes) only, stored as calibration_zero_shot
+    $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --shots 0
 }
 
 case "${1:-}" in

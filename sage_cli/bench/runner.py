@@ -278,10 +278,11 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
     config = opts.config(judge.name if judge else None)
     from sage_cli.models.calibration import of_checkpoint
 
-    calibration = of_checkpoint(opts.checkpoint)  # a malformed one fails before any work
-    # the guide acts only where it can (a calibrated checkpoint, a reference): elsewhere the answers are the
-    # same either way, and a run kept from before the setting resumes
-    config["guided"] = bool(opts.guided and calibration is not None and opts.shots > 0)
+    # a malformed one fails before any work; zero-shot, the fit of `sage calibrate --shots 0`
+    calibration = of_checkpoint(opts.checkpoint, zero_shot=opts.shots == 0)
+    # the guide acts only with a calibration: without one the answers are the same either way, and a run kept
+    # from before the setting resumes
+    config["guided"] = bool(opts.guided and calibration is not None)
     unlabelled = sum(1 for it in loaded.items if it.defective is None)
     if unlabelled and opts.strict:
         first = next(it.id for it in loaded.items if it.defective is None)
@@ -327,7 +328,7 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     t1 = time.perf_counter()
     amap = eng.anomaly(prefix)
     detection = verdicts = None
-    if run.config["guided"] and item.kind == "yesno" and amap is not None:
+    if run.config["guided"] and item.kind == "yesno":
         from sage_cli.models import guide
         from sage_cli.models.calibration import detect
 
@@ -365,7 +366,7 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
 def _calibrated(calibration: dict | None, recs: list[dict], eng, prefix, amap, d: dict | None = None) -> None:
     """p_defect and defect_verdict on the sample that carries the item's detection label (module doc);
     `d`: the detection when the guide read it already."""
-    if calibration is None or amap is None:
+    if calibration is None:
         return
     rec = next((r for r in recs if r.get("detect_label") is not None), None)
     if rec is None:

@@ -66,6 +66,7 @@ FEATURES = {
 }
 NEEDS_MAP = {"log_map_top4"}  # features read from the whole map, not only its peak and mean
 NEEDS_P_YES = {"logit_p_yes"}  # features read from the model's answer
+ZERO_SHOT_FEATURES = ("logit_p_yes",)  # --shots 0: no reference, so no map
 DEFAULT_FEATURES = ("log_map_max", "log_map_ratio")  # chosen by leave-one-category-out on synthetic VAL
 AUTO = "auto"  # --features auto: every subset of FEATURES tried, the best leave-one-category-out one kept
 
@@ -91,8 +92,10 @@ def feature_values(names, p_yes: float | None, amap) -> list[float] | None:
     """The named features of one pair; None when one cannot be computed (no P(yes) where one is read,
     zero-shot: no map)."""
     stats = _map_stats(amap)
-    if stats is None or (p_yes is None and any(n in NEEDS_P_YES for n in names)):
+    if p_yes is None and any(n in NEEDS_P_YES for n in names):
         return None
+    if stats is None:  # zero-shot: only features of P(yes) alone
+        return [FEATURES[n][1](p_yes, None, None, None) for n in names] if set(names) <= NEEDS_P_YES else None
     mx, mean, flat = stats
     if flat is None and any(n in NEEDS_MAP for n in names):
         return None
@@ -139,8 +142,8 @@ def detect(engine, calibration: dict | None, prefix, amap=None, p_yes: float | N
     if not calibration:
         return None
     amap = amap if amap is not None else engine.anomaly(prefix)
-    if amap is None:
-        return None
+    if amap is None and calibration.get("shots", 1) != 0:
+        return None  # a fit on maps, and no map (zero-shot)
     q = calibration.get("question") or DEFAULT_QUESTION
     if p_yes is None or question is None or question.strip() != q:
         p_yes = engine.p_yes(prefix, q) if set(calibration["features"]) & NEEDS_P_YES else None
@@ -151,14 +154,16 @@ def detect(engine, calibration: dict | None, prefix, amap=None, p_yes: float | N
             "threshold": float(calibration.get("threshold", THRESHOLD))}
 
 
-def of_checkpoint(checkpoint: str | Path | None) -> dict | None:
-    """The checked calibration stored in a checkpoint's config, or None (no checkpoint, none stored)."""
+def of_checkpoint(checkpoint: str | Path | None, zero_shot: bool = False) -> dict | None:
+    """The checked calibration stored in a checkpoint's config (`zero_shot`: the one for pairs without a
+    reference, `sage calibrate --shots 0`), or None (no checkpoint, none stored)."""
     if not checkpoint:
         return None
-    from sage_cli.models.checkpoint import read_calibration
+    from sage_cli.models.checkpoint import CALIBRATION, CALIBRATION_ZERO_SHOT, read_calibration
 
-    cal = read_calibration(checkpoint)
-    return check(cal, f"{checkpoint}: calibration") if cal is not None else None
+    cal = read_calibration(checkpoint, zero_shot)
+    key = CALIBRATION_ZERO_SHOT if zero_shot else CALIBRATION
+    return check(cal, f"{checkpoint}: {key}") if cal is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -213,7 +218,9 @@ def evaluate(rows: list[dict], names, weights, bias, threshold: float, l2: float
     y = [r["defective"] for r in rows]
     x = [r["features"] for r in rows]
     p = [probability(cal, v) for v in x]
-    out = {"auroc_p_yes": auroc(y, [r["p_yes"] for r in rows]), "auroc_map_max": auroc(y, [r["map_max"] for r in rows]),
+    maps = [r["map_max"] for r in rows]  # None zero-shot
+    out = {"auroc_p_yes": auroc(y, [r["p_yes"] for r in rows]),
+           "auroc_map_max": auroc(y, maps) if None not in maps else None,
            "auroc_calibrated": auroc(y, p),
            "raw_at_0.5": accuracies(y, [r["p_yes"] >= 0.5 for r in rows]),
            "at_threshold": accuracies(y, [v >= threshold for v in p])}
@@ -390,22 +397,25 @@ def _limit(pairs: list[Pair], seed: int, limit: int) -> list[Pair]:
     return [p for p in pairs if id(p) in keep]
 
 
-def measure(engine, pairs: list[Pair], names, question: str = DEFAULT_QUESTION, progress=None) -> list[dict]:
+def measure(engine, pairs: list[Pair], names, question: str = DEFAULT_QUESTION, progress=None,
+            shots: int = 1) -> list[dict]:
     """Each pair encoded as `sage infer` encodes it (the checkpoint's default facts), its P(yes) to
-    `question` and its map: rows {test, reference, category, defective, p_yes, map_max, map_mean, features}."""
+    `question` and its map: rows {test, reference, category, defective, p_yes, map_max, map_mean, features}.
+    `shots` 0: the test image alone (no map: map_max and map_mean None)."""
     from sage_cli.data.images import load_rgb
 
     rows = []
     for i, pair in enumerate(pairs):
-        refs = [load_rgb(r) for r in pair.references]
-        prefix = engine.encode(load_rgb(pair.test), refs if len(refs) > 1 else refs[0], [])
+        refs = [load_rgb(r) for r in pair.references] if shots else []
+        prefix = engine.encode(load_rgb(pair.test), refs if len(refs) > 1 else refs[0] if refs else None, [])
         p = engine.p_yes(prefix, question)
         amap = engine.anomaly(prefix)
         if p is None:
             raise SageError(f"{engine.backbone_name}: its tokenizer has no yes/no tokens; P(yes) cannot be read")
         more = {"more_references": [str(m) for m in pair.more]} if pair.more else {}
         rows.append({"test": str(pair.test), "reference": str(pair.reference), **more, "category": pair.category,
-                     "defective": pair.defective, "p_yes": p, "map_max": amap.max, "map_mean": amap.mean,
+                     "defective": pair.defective, "p_yes": p, "map_max": amap.max if amap else None,
+                     "map_mean": amap.mean if amap else None,
                      "features": feature_values(names, p, amap)})
         if progress is not None:
             progress(i + 1, len(pairs))
@@ -417,7 +427,7 @@ class Options:
     checkpoint: str | Path
     val: Path
     out: Path | None = None
-    features: tuple[str, ...] = DEFAULT_FEATURES
+    features: tuple[str, ...] | None = None  # None: DEFAULT_FEATURES; zero-shot, ZERO_SHOT_FEATURES
     threshold: float = THRESHOLD
     limit: int | None = None
     seed: int = 0
@@ -425,11 +435,16 @@ class Options:
     dtype: str = "auto"
     question: str = DEFAULT_QUESTION
     rows: Path | None = None  # also write each pair's measurements here (JSON Lines)
-    shots: int = 1  # normal references per pair: fit the maps `sage infer TEST REF1 .. REFN` will show
+    shots: int = 1  # normal references per pair: fit the maps `sage infer TEST REF1 .. REFN` will show; 0: none
 
     def check(self) -> Options:
-        if self.shots < 1:
-            raise SageError(f"--shots must be 1 or more (references per pair), got {self.shots}")
+        if self.shots < 0:
+            raise SageError(f"--shots must be 0 (zero-shot) or more (references per pair), got {self.shots}")
+        if self.features is None or (self.shots == 0 and self.features == (AUTO,)):
+            self.features = ZERO_SHOT_FEATURES if self.shots == 0 else DEFAULT_FEATURES
+        if self.shots == 0 and not set(self.features) <= NEEDS_P_YES:
+            raise SageError("--shots 0: without a reference there is no anomaly map; the only feature is "
+                            f"{', '.join(sorted(NEEDS_P_YES))}")
         unknown = [n for n in self.features if n not in FEATURES] if self.features != (AUTO,) else []
         if unknown:
             raise SageError(f"unknown feature {unknown[0]!r}; known: {', '.join(FEATURES)}")
@@ -464,7 +479,7 @@ def calibrate(opts: Options, progress=None) -> dict:
     val = Path(opts.val)
     if not val.exists():
         raise SageError(f"{val}: no such file or directory")
-    pairs, fmt, skipped = labelled_pairs(val, opts.seed, opts.limit, opts.shots)
+    pairs, fmt, skipped = labelled_pairs(val, opts.seed, opts.limit, max(opts.shots, 1))  # 0: the reference unused
     n_def = sum(p.defective for p in pairs)
     if not pairs:
         why = f" ({skipped} without a reference image or a label)" if skipped else ""
@@ -485,7 +500,7 @@ def calibrate(opts: Options, progress=None) -> dict:
 
     engine = Engine.load(None, str(src), dtype=opts.dtype, device=opts.device, seed=opts.seed)
     t0 = time.perf_counter()
-    rows = measure(engine, pairs, tuple(FEATURES) if auto else opts.features, opts.question, progress)
+    rows = measure(engine, pairs, tuple(FEATURES) if auto else opts.features, opts.question, progress, opts.shots)
     names, tried = opts.features, None
     if auto:  # every feature measured once; each subset refitted from the rows
         names, tried = choose_features(rows, opts.threshold)
@@ -517,7 +532,7 @@ def calibrate(opts: Options, progress=None) -> dict:
         "metrics": evaluate(rows, names, weights, bias, opts.threshold),
         "measure_s": round(time.perf_counter() - t0, 1),
     }
-    written = ckpt.write_calibration(src, calibration, opts.out)
+    written = ckpt.write_calibration(src, calibration, opts.out, zero_shot=opts.shots == 0)
     if opts.rows is not None:  # what was fitted on, pair by pair: to audit it or refit without the model
         import json
 

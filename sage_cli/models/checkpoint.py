@@ -130,11 +130,13 @@ def read_config(ckpt_dir: str | Path) -> dict:
 
 
 CALIBRATION = "calibration"  # config key: `sage calibrate`'s fit (models/calibration.py); absent = uncalibrated
+CALIBRATION_ZERO_SHOT = "calibration_zero_shot"  # `sage calibrate --shots 0`: P(yes) alone, for pairs without a reference
 
 
-def read_calibration(ckpt_dir: str | Path) -> dict | None:
-    """The calibration stored in the checkpoint's config, or None."""
-    return read_config(ckpt_dir).get(CALIBRATION)
+def read_calibration(ckpt_dir: str | Path, zero_shot: bool = False) -> dict | None:
+    """The calibration stored in the checkpoint's config (`zero_shot`: the one for requests without a
+    reference), or None."""
+    return read_config(ckpt_dir).get(CALIBRATION_ZERO_SHOT if zero_shot else CALIBRATION)
 
 
 def _config_path(ckpt_dir: str | Path) -> Path:
@@ -157,14 +159,15 @@ def check_calibration_out(src: str | Path, out: str | Path) -> None:
         raise SageError(f"{out}: exists and is not a checkpoint; give a new folder for the calibrated copy")
 
 
-def write_calibration(ckpt_dir: str | Path, calibration: dict, out: str | Path | None = None) -> Path:
-    """Store `calibration` under the config's CALIBRATION key, atomically: in place (the config file is
-    replaced whole), or into a copy of the checkpoint at `out` (built beside it, then renamed into place).
-    Returns the calibrated checkpoint's folder."""
+def write_calibration(ckpt_dir: str | Path, calibration: dict, out: str | Path | None = None,
+                      zero_shot: bool = False) -> Path:
+    """Store `calibration` under the config's CALIBRATION key (`zero_shot`: CALIBRATION_ZERO_SHOT),
+    atomically: in place (the config file is replaced whole), or into a copy of the checkpoint at `out`
+    (built beside it, then renamed into place). Returns the calibrated checkpoint's folder."""
     from sage_cli.atomic import write_text
 
     src = Path(ckpt_dir)
-    config = {**read_config(src), CALIBRATION: calibration}
+    config = {**read_config(src), (CALIBRATION_ZERO_SHOT if zero_shot else CALIBRATION): calibration}
     text = json.dumps(config, indent=2)
     if out is None or (Path(out).exists() and Path(out).resolve() == src.resolve()):
         try:

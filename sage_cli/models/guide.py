@@ -3,15 +3,15 @@
 sage-smol reads its question's polarity poorly on wordings it did not train on (one-shot on hazelnut's
 held-out wordings it said "No" to every "Is it in perfect condition?", and "Yes" to "Do both photos show
 it in the same condition?" for most cracked ones), while its calibrated detection (`sage calibrate`) is
-right on 24 of 24 hazelnut pairs. So where the checkpoint is calibrated and the pair has a reference,
-the first word of the answer to
+right on 24 of 24 hazelnut pairs. So where the checkpoint is calibrated (for a pair with a reference, or
+with `sage calibrate --shots 0` for a test image alone), the first word of the answer to
 
 * a question whether the part is defective or normal, or a decision on it ("Is it flawless?", "Should
   it be scrapped?"), is the calibrated verdict, in the question's polarity (a question on a region, "Is
   the upper left in order?", counts the defect only where the map is hot in that region);
 * a question whether the defect is at a named place ("Is the damage near the top-left corner?") is
   "no" for a normal part, else whether the anomaly map is hot (`hot_cells`) in a cell of the 3x3 grid
-  that the place names;
+  that the place names (one-shot only: zero-shot there is no map);
 
 and the model writes the rest after that word. Type, size, consequence and cause questions, and any
 question the reader cannot sort, keep the model's own first word. Questions are sorted by the reader
@@ -41,14 +41,18 @@ def guides(question: str) -> bool:
 
 def verdict_for(question: str, detection: dict | None, amap) -> bool | None:
     """The first word for `question` (True = yes, False = no) from the pair's calibrated detection
-    (calibration.detect's dict) and anomaly map (engine.AnomalyMap); None: the model's own."""
-    if detection is None or amap is None or not guides(question):
+    (calibration.detect's dict) and anomaly map (engine.AnomalyMap; None zero-shot, where a zero-shot
+    calibration still gives presence and normality); None: the model's own."""
+    if detection is None or not guides(question):
         return None
     asked = ask(question)
     # the place a location question names, or the region a presence / normal question is about ("Is the
     # upper left of this part in order?"): the defect counts only if the map is hot there
     places = asked.places if asked.kind == "location" else frozenset(lx.places(lx.words(question)))
-    bad = detection["verdict"] == "defect" and (not places or bool(hot_cells(amap) & cells_of(places)))
+    defective = detection["verdict"] == "defect"
+    if places and amap is None and defective:
+        return None  # zero-shot: no map says where
+    bad = defective and (not places or bool(hot_cells(amap) & cells_of(places)))
     return not bad if asked.kind == "normal" else bad
 
 

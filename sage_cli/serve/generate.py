@@ -46,6 +46,7 @@ class Runner:
         from sage_cli.models.calibration import of_checkpoint
 
         self.calibration = of_checkpoint(engine.checkpoint)  # the checkpoint's verdict line, if it has one
+        self.calibration_zero_shot = of_checkpoint(engine.checkpoint, zero_shot=True)  # for a test image alone
         self.guided = guided  # the calibrated detection sets the yes/no it can give (models/guide.py)
 
     def pixels(self, test, reference=None):
@@ -112,15 +113,14 @@ class Runner:
 
     def _guide(self, prefix, question: str) -> bool | None:
         """The answer's first word from the calibrated detection (models/guide.py); None: the model's."""
-        if not self.guided or not self.calibration:
-            return None
         from sage_cli.models import guide
         from sage_cli.models.calibration import detect
 
+        if not self.guided or not guide.guides(question):
+            return None  # a question the guide leaves to the model: no detection read
         amap = self.engine.anomaly(prefix)
-        if amap is None or not guide.guides(question):
-            return None  # zero-shot, or a question the guide leaves to the model: no detection read
-        return guide.verdict_for(question, detect(self.engine, self.calibration, prefix, amap), amap)
+        cal = self.calibration if amap is not None else self.calibration_zero_shot
+        return guide.verdict_for(question, detect(self.engine, cal, prefix, amap), amap) if cal else None
 
     def _chat(self, req: ChatRequest) -> Prepared:
         from sage_cli.models.engine import Prompt
@@ -185,8 +185,8 @@ class Runner:
         and this answer's P(yes) is the one it reads (a calibration on the map alone reads none)."""
         from sage_cli.models.calibration import apply
 
-        cal = self.calibration
-        if not cal or amap is None:
+        cal = self.calibration if amap is not None else self.calibration_zero_shot
+        if not cal:
             return {}
         if "logit_p_yes" in cal["features"] and p.prompt.question != cal.get("question"):
             return {}
