@@ -205,7 +205,8 @@ def size_of(word: str) -> str | None:
 
 
 def sizes_said(tokens: list[str]) -> tuple[set[str], set[str]]:
-    """The size buckets an answer names, and those it denies ("not small", "no larger than ..." is not one)."""
+    """The size buckets an answer names, and those it denies (a size word with "not", "nor", "never" or
+    "neither" in the three words before it: "a tiny area, not small" says tiny and denies small)."""
     said, denied = set(), set()
     for i, w in enumerate(tokens):
         size = _SIZES.get(w)

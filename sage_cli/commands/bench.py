@@ -62,7 +62,7 @@ def command_for(fmt: str):
         grader: str = typer.Option("text", "--grader", help="Who reads a yes/no answer (protocol sage): text (sage's reader, P(yes) where it finds no verdict), probe (ask again with 'Answer yes or no.' and take P(yes)), or an OpenAI-compatible URL (an LLM reads each answer)."),
         grader_model: Optional[str] = typer.Option(None, "--grader-model", help="The grading LLM's model name at --grader URL."),
         wordings: str = typer.Option("seen", "--wordings", help="mvtec: word the built questions as training does (seen), in the held-out families no training build uses (held-out: other vocabularies for place, type, decisions), or both (ten questions per image). Every format reports accuracy on seen and unseen wordings apart."),
-        guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and references: the first word (yes/no) of answers on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer` (models/guide.py). --no-guided grades the model's own first word."),
+        guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint (--shots 0: calibrated with `sage calibrate --shots 0`): the first word (yes/no) of answers on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer` (models/guide.py). --no-guided grades the model's own first word."),
         as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
     ) -> None:
         from sage_cli.bench.runner import BenchOptions

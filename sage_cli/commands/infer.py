@@ -28,7 +28,7 @@ def infer(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: int = typer.Option(0, "--seed", help="Seeds the untrained SAGE layers when no checkpoint is given."),
-    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and REF: the first word (yes/no) of an answer on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map; the model writes the rest. --no-guided: the model's own first word."),
+    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint: the first word (yes/no) of an answer on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map (without REF: from the zero-shot calibration, `sage calibrate --shots 0`, and not for places); the model writes the rest. --no-guided: the model's own first word."),
 ) -> None:
     """Answer questions about a test image against a normal reference, with the anomaly map.
 

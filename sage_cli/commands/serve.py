@@ -31,15 +31,16 @@ def serve(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     quiet: bool = typer.Option(False, "--quiet", help="No line per request on stderr (failures are still logged)."),
-    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint and a reference image: the answer's first word (yes/no) to a question on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer`."),
+    guided: bool = typer.Option(True, "--guided/--no-guided", help="With a calibrated checkpoint: the answer's first word (yes/no) to a question on whether the part is defective or normal, or where the defect is, comes from the calibrated detection and the anomaly map, as in `sage infer` (a request without a reference uses the zero-shot calibration, if the checkpoint has one)."),
 ) -> None:
     """Serve a sage model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions).
 
     Send images inline as image_url data URLs in the last user message: the first is the TEST image,
     the second (optional) the normal REFERENCE, as in `sage infer TEST REF`; the message's text is the
     question. Fact sentences go in the body's extension field "sage": {"facts": [...]}. Answers with
-    images carry "sage": {"p_yes", "anomaly"}. Without images (or with --llm-only) the conversation is
-    plain text chat with the backbone's LLM. Streaming, bearer auth and size limits are supported;
+    images carry "sage": {"p_yes", "anomaly", "guided"} (and p_defect, verdict, threshold with a calibrated
+    checkpoint; --guided: the first word of a yes/no answer it can give comes from that verdict). Without
+    images (or with --llm-only) the conversation is plain text chat with the backbone's LLM. Streaming, bearer auth and size limits are supported;
     temperature defaults to 0 (greedy). One model worker answers from a bounded queue (--max-queue),
     decoding what is waiting together (--max-batch);
     /metrics is Prometheus text, /docs the OpenAPI page, every response carries X-Request-Id.
