@@ -340,6 +340,21 @@ def test_train_speed_measures_each_pair_in_one_run(world):
     assert 1.0 <= res["sfe"]["prompts_per_batch"] <= 2.0 and res["sfe_alone"]["prompts_per_batch"] is None
 
 
+@pytest.mark.slow
+def test_bench_speed_train_long_prefix_end_to_end_prints_json_only():
+    """`sage bench speed train --long-prefix N --json` as a user runs it (the toy data, a random long-prefix
+    backbone, every comparison): stdout is the figures' JSON alone (DeepSpeed's import-time log line once
+    broke it)."""
+    done = subprocess.run([sys.executable, "-m", "sage_cli", "bench", "speed", "train", "--long-prefix", "64",
+                           "--steps", "1", "--warmup", "0", "--examples", "4", "--json", "train.batch_size=2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads(done.stdout)
+    assert 48 <= res["long_prefix_backbone"]["image_tokens"] <= 80, res["long_prefix_backbone"]
+    assert {"sfe_shared_vs_alone_examples_per_s", "edpo_cached_vs_live_step"} <= set(res["ratios"])
+    assert all(v > 0 for v in res["ratios"].values())
+
+
 def test_the_long_prefix_backbone_has_the_image_tokens_asked(tmp_path):
     """`sage bench speed train --long-prefix N`: a random InternVL-shaped backbone whose test + reference
     make about N prompt tokens, loaded as any InternVL folder."""

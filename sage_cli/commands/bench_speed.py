@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -126,6 +127,7 @@ def train(
     concatenated (both cached) <= 0.60, shared + cached / concatenated + live <= 0.45. Everything is
     measured in this run on the same backbone, data and batches.
     """
+    import contextlib
     import tempfile
 
     from rich.console import Console
@@ -137,7 +139,10 @@ def train(
 
     console = Console(stderr=True)
     log = (lambda msg: None) if as_json else (lambda msg: console.print(f"· {msg}"))
-    with tempfile.TemporaryDirectory(prefix="sage-toy-") as tmp:
+    # DeepSpeed, which accelerate imports when it is installed, logs to stdout; with --json stdout must carry
+    # the figures alone, so anything printed while measuring goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet, tempfile.TemporaryDirectory(prefix="sage-toy-") as tmp:
         if train_file is None:
             from sage_cli.toy import make_toy_data
 
