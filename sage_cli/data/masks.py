@@ -17,12 +17,15 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def grid_cell(cx: float, cy: float) -> tuple[int, int]:
+    """(row, col) of the 3x3 grid cell holding the point (cx, cy), given as fractions of width and height."""
+    return min(int(cy * 3), 2), min(int(cx * 3), 2)
+
+
 def location_words(box: tuple[int, int, int, int], width: int, height: int) -> str:
     """Coarse words for where a box sits: "upper left", "center", "lower right", ..."""
-    cx = (box[0] + box[2]) / 2 / width
-    cy = (box[1] + box[3]) / 2 / height
-    row = _ROWS[min(int(cy * 3), 2)]
-    col = _COLS[min(int(cx * 3), 2)]
+    r, c = grid_cell((box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height)
+    row, col = _ROWS[r], _COLS[c]
     if row == "middle" and col == "center":
         return "center"
     if row == "middle":

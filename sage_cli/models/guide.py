@@ -34,7 +34,11 @@ HOT = 0.5
 
 def guides(question: str) -> bool:
     """Whether the guide gives the first word of an answer to `question` (given a detection and a map)."""
-    asked = ask(question)
+    return _guided(ask(question))
+
+
+def _guided(asked) -> bool:
+    # a location question naming a part ("on the screw head?") names no place the map can say
     return asked.kind in ("presence", "normal") or (
         asked.kind == "location" and bool(asked.places) and asked.places <= lx.PLACE_WORDS)
 
@@ -43,9 +47,11 @@ def verdict_for(question: str, detection: dict | None, amap) -> bool | None:
     """The first word for `question` (True = yes, False = no) from the pair's calibrated detection
     (calibration.detect's dict) and anomaly map (engine.AnomalyMap; None zero-shot, where a zero-shot
     calibration still gives presence and normality); None: the model's own."""
-    if detection is None or not guides(question):
+    if detection is None:
         return None
     asked = ask(question)
+    if not _guided(asked):
+        return None
     # the place a location question names, or the region a presence / normal question is about ("Is the
     # upper left of this part in order?"): the defect counts only if the map is hot there
     places = asked.places if asked.kind == "location" else frozenset(lx.places(lx.words(question)))
@@ -60,11 +66,12 @@ def hot_cells(amap, share: float = HOT) -> set[tuple[int, int]]:
     """The (row, col) cells of the 3x3 grid (that of data.masks.location_words) holding a patch whose map
     value stands at least `share` of the peak's height above the map's mean: where the defect reaches,
     not only where it peaks (a crack across two cells is in both)."""
+    from sage_cli.data.masks import grid_cell
+
     m = amap.map.float()  # [h, w]
     h, w = m.shape
     rows, cols = torch.nonzero(m - amap.mean >= share * (amap.max - amap.mean), as_tuple=True)  # [n], [n]
-    return {(min(int((r + 0.5) / h * 3), 2), min(int((c + 0.5) / w * 3), 2))
-            for r, c in zip(rows.tolist(), cols.tolist())}
+    return {grid_cell((c + 0.5) / w, (r + 0.5) / h) for r, c in zip(rows.tolist(), cols.tolist())}
 
 
 def cells_of(places: frozenset[str] | set[str]) -> set[tuple[int, int]]:

@@ -119,8 +119,12 @@ class Runner:
         if not self.guided or not guide.guides(question):
             return None  # a question the guide leaves to the model: no detection read
         amap = self.engine.anomaly(prefix)
-        cal = self.calibration if amap is not None else self.calibration_zero_shot
+        cal = self._calibration_for(amap)
         return guide.verdict_for(question, detect(self.engine, cal, prefix, amap), amap) if cal else None
+
+    def _calibration_for(self, amap) -> dict | None:
+        """The fit for this request: the one-shot calibration with a map, the zero-shot one without."""
+        return self.calibration if amap is not None else self.calibration_zero_shot
 
     def _chat(self, req: ChatRequest) -> Prepared:
         from sage_cli.models.engine import Prompt
@@ -185,7 +189,7 @@ class Runner:
         and this answer's P(yes) is the one it reads (a calibration on the map alone reads none)."""
         from sage_cli.models.calibration import apply
 
-        cal = self.calibration if amap is not None else self.calibration_zero_shot
+        cal = self._calibration_for(amap)
         if not cal:
             return {}
         if "logit_p_yes" in cal["features"] and p.prompt.question != cal.get("question"):
