@@ -237,6 +237,7 @@ def test_edpo_freezes_fusion_caches_reference_and_logs_rewards(world, sfe_run):
     ("used", "holds an earlier run"),
     ("weight", "train.verdict_weight must be > 0"),
     ("zeroshot-edpo", "data.zero_shot_share is for SFE only"),
+    ("zeroshot-shots0", "data.zero_shot_share needs one-shot data"),
     ("accum", "fewer than train.grad_accum=20"),  # no whole step in an epoch: it would never end
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, tmp_path, capsys):
@@ -253,6 +254,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, match, world, sfe_run, t
     elif case == "zeroshot-edpo":
         args = ["train", "edpo", f"model.backbone={world['vlm']}", "--checkpoint", str(sfe_run / "checkpoint"),
                 "--train", str(world["pairs"]), "--out", str(out), "data.zero_shot_share=0.5"]
+    elif case == "zeroshot-shots0":
+        args = _sfe_args(world, out, "data.shots=0", "data.zero_shot_share=0.5")
     else:
         pairs = tmp_path / "pairs.jsonl"
         recs = [json.loads(line) for line in world["pairs"].read_text().splitlines()]
