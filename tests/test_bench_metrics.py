@@ -76,8 +76,8 @@ def test_per_category_sbert_mle_and_summary():
     summary = metrics.summarize(rows, with_types=True)
     assert set(summary) == {"accuracy", "acc_g", "sbert", "mle", "auroc", "auroc_groups", "auroc_map",
                             "auroc_map_groups", "detection", "per_category", "per_wording", "baselines",
-                            "answers_question", "mmad_per_type"}
-    assert summary["auroc"] is None
+                            "answers_question", "guided", "mmad_per_type"}
+    assert summary["auroc"] is None and summary["guided"] is None  # no answer was guided
 
 
 def test_report_cells_like_the_papers_tables():

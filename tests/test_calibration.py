@@ -8,12 +8,14 @@ shipped sage-smol (its stored calibration on the bundled pair, and a fit of its 
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from sage_cli.bench.verdict import contradicts
 from sage_cli.cli import run
 from sage_cli.errors import SageError
 from sage_cli.models import calibration as cal
@@ -179,6 +181,8 @@ def test_calibrate_stores_the_fit_and_infer_reports_it(tiny_ckpt, val, tmp_path,
         assert run(args + ["--json", "-q", QUESTION, "-q", free, "-q", "Where is it?"] + extra) == 0
         rep = json.loads(capsys.readouterr().out)
         assert [a["guided"] for a in rep["answers"]] == [guided, guided, False]
+        assert [a["contradicted"] for a in rep["answers"]] == [
+            guided and contradicts(a["answer"], a["question"]) for a in rep["answers"]]
         if guided:
             defect = rep["detection"]["verdict"] == "defect"
             firsts = [engine.model.backbone.tokenizer(a["answer"], add_special_tokens=False)["input_ids"][0]
@@ -210,6 +214,10 @@ def test_bench_reports_the_calibrated_auroc_and_accuracy(tiny_ckpt, val, tmp_pat
     assert res["config"]["guided"] is True
     guided = [s for s in samples if s.get("guided")]
     assert guided and all(s["level"] != "standard" or s.get("guided") for s in samples)
+    assert all(s["contradicted"] == contradicts(s["answer"], s["question"]) for s in guided)
+    g = m["guided"]
+    assert g["answers"] == len(guided) and g["contradicted"] == sum(s["contradicted"] for s in guided)
+    assert f"guided: the first word of {len(guided)} answer(s)" in err
     # a kept run of the other setting is not resumed with this one
     rc = run(["bench", "mvtec", "--root", str(val), "--checkpoint", str(out), "--limit", "2", "--no-sbert",
               "--no-plots", "--max-new-tokens", "2", "--out", str(tmp_path / "run"), "--detect-question", QUESTION,
@@ -238,6 +246,7 @@ def test_serve_guides_the_answers_it_can(tiny_ckpt, val, tmp_path, capsys):
                 r = srv.client().chat.completions.create(model="tiny", messages=_ask(q, test, ref), max_tokens=3)
                 sage, text = r.model_extra["sage"], r.choices[0].message.content
                 assert sage["guided"] is guides, (q, sage)
+                assert sage["contradicted"] is (guides and contradicts(text, q)), (q, text, sage)
                 if guides:
                     first = engine.model.backbone.tokenizer(text, add_special_tokens=False)["input_ids"][0]
                     assert first in (engine.yes_ids if want else engine.no_ids), text
@@ -389,7 +398,7 @@ def test_make_infer_bundled_pair_under_the_shipped_calibration(capsys):
     """`make infer`'s crack and the bundled normal photo under the calibration shipped in sage-smol's config
     (fitted on synthetic pairs only, features chosen by leave-one-category-out: recipes/release/sage-smol.sh
     calibrate). The raw P(yes) reaches issue #22's line (0.913 / 0.014); the calibrated P(defect), the map's
-    peak alone as the fit chose, is 0.802 / 0.235: the normal photo misses "<= 0.2" by 0.035. Pinned: both
+    peak alone as the fit chose, is 0.787 / 0.288: the normal photo misses "<= 0.2" by 0.088. Pinned: both
     verdicts right at the stored threshold, with the figures the card reports, to within machine noise.
     Guided (the default), that verdict starts the answer to a wording no training build uses, in its
     polarity ("in perfect condition?": no on the crack, yes on the normal photo)."""
@@ -402,11 +411,24 @@ def test_make_infer_bundled_pair_under_the_shipped_calibration(capsys):
         first = rep["answers"][1]["answer"].split()[0].strip(".,").lower()
         assert rep["answers"][1]["guided"] and first == ("no" if name == "crack" else "yes"), rep["answers"]
     assert got["crack"]["verdict"] == "defect" and got["good"]["verdict"] == "normal", got
-    assert got["crack"]["p_defect"] == pytest.approx(0.802, abs=0.02), got
-    assert got["good"]["p_defect"] == pytest.approx(0.235, abs=0.02), got
+    assert got["crack"]["p_defect"] == pytest.approx(0.787, abs=0.02), got
+    assert got["good"]["p_defect"] == pytest.approx(0.288, abs=0.02), got
     assert got["crack"]["p_yes"] >= 0.8 and got["good"]["p_yes"] <= 0.2, got  # the raw P(yes), unchanged
     assert run(["infer", str(PAIR / "good.jpg"), str(PAIR / "reference.jpg"), "-q", perfect, "--json",
                 "--max-new-tokens", "2", "--no-guided"]) == 0
     assert not json.loads(capsys.readouterr().out)["answers"][0]["guided"]
     c = shipped_calibration
     assert "hazelnut_pair" not in c["val"]["path"] and "test" not in Path(c["val"]["path"]).name
+
+
+@pytest.mark.skipif(shipped_calibration is None, reason="the shipped sage-smol carries no calibration")
+def test_the_shipped_calibrations_never_saw_a_held_out_category():
+    """The card's held-out rows are categories no step of the recipe fits on: not training, and not the
+    calibrations either (a threshold fitted on other images of a held-out category flatters its bench)."""
+    recipe = (Path(__file__).parent.parent / "recipes" / "release" / "sage-smol.sh").read_text(encoding="utf-8")
+    held_out = set(re.search(r"^HELD_OUT=\$\{HELD_OUT:-([^}]*)\}", recipe, re.M).group(1).split())
+    assert held_out == {"ceramic_tile", "washer", "grass"}
+    for zero_shot in (False, True):
+        c = checkpoint.read_calibration(checkpoint.shipped_dir(), zero_shot=zero_shot)
+        seen = set(c["val"]["categories"])
+        assert seen and not seen & held_out, (zero_shot, seen)

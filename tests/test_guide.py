@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from sage_cli.bench import lexicon as lx
+from sage_cli.bench.metrics import guided
+from sage_cli.bench.verdict import contradicts
 from sage_cli.models.engine import AnomalyMap, Engine
 from sage_cli.models.guide import cells_of, hot_cells, verdict_for
 from sage_cli.models.sage import SageModel
@@ -117,3 +119,45 @@ def test_zero_shot_the_guide_gives_presence_and_normality_not_places():
     assert verdict_for("Is there any defect on the test object?", NORMAL, None) is False
     assert verdict_for(q, DEFECT, None) is None  # no map says where
     assert verdict_for(q, NORMAL, None) is False  # nothing anywhere
+
+
+@pytest.mark.parametrize("question,answer,want", [
+    # sage-smol 2's own words after a given "No" / "Yes" (release benches): flagged
+    ("Is the defect in the center of this hazelnut?", "No. There is a small crack in the center.", True),
+    ("Is the test hazelnut without any flaw?", "Yes. There is a small hole in the middle left, covering 1% of the image.", True),
+    ("Is there any defect on the test object?", "No. There is a crack near the top.", True),
+    ("Is the defect in the lower left?", "Yes. The test part shows a scratch in the upper right.", True),
+    # words that agree, or say nothing either way: not flagged
+    ("Is there any defect on the test object?", "Yes. There is a small crack in the lower left.", False),
+    ("Is the test hazelnut without any flaw?", "Yes. The test hazelnut matches the reference in shape and colour.", False),
+    ("Is there any defect on the test object?", "No. The test hazelnut matches the reference.", False),
+    ("Is there any defect on the test object?", "Yes.", False),
+    ("Is there any defect on the test object?", "The test part shows a scratch.", False),  # no leading yes/no
+    ("Is there any defect on the test object?", "", False),
+])
+def test_words_that_contradict_the_given_first_word_are_flagged(question, answer, want):
+    assert contradicts(answer, question) is want
+
+
+def test_bench_counts_guided_answers_and_their_contradictions():
+    q = "Is there any defect on the test object?"
+    samples = [{"question": q, "answer": "No. There is a crack near the top.", "guided": True, "correct": True},
+               {"question": q, "answer": "Yes. A crack in the lower left.", "guided": True, "correct": False},
+               {"question": q, "answer": "No. There is a crack near the top.", "correct": True}]  # the model's own
+    assert guided(samples) == {"answers": 2, "accuracy": 0.5, "contradicted": 1, "contradicted_share": 0.5}
+    assert guided(samples[2:]) is None
+
+
+def test_infer_says_when_the_words_after_a_guided_verdict_disagree():
+    import io
+
+    from sage_cli.commands.infer import _printer
+    from sage_cli.models.engine import Answer
+
+    q = "Is there any defect on the test object?"
+    for text, guided_, flagged in (("No. There is a crack near the top.", True, True),
+                                   ("No. The part matches the reference.", True, False),
+                                   ("No. There is a crack near the top.", False, False)):  # the model's own word
+        out = io.StringIO()
+        _printer(out)["on_answer"](Answer(q, text, 0.4, 9, 20, 0.1, 0.2, guided=guided_))
+        assert ("say otherwise: trust the yes/no and the map" in out.getvalue()) is flagged, out.getvalue()

@@ -219,6 +219,20 @@ def relevance(samples: list[dict]) -> dict | None:
     return out
 
 
+def guided(samples: list[dict]) -> dict | None:
+    """{answers, accuracy, contradicted, contradicted_share} of the guided answers (models/guide.py): how
+    many there were, how many were right, and how many go on to say the opposite of the first word they
+    were given (bench/verdict.contradicts, read from the text); None when no answer was guided."""
+    from sage_cli.bench.verdict import contradicts
+
+    given = [s for s in samples if s.get("guided")]
+    if not given:
+        return None
+    bad = sum(contradicts(str(s.get("answer") or ""), s.get("question")) for s in given)
+    return {"answers": len(given), "accuracy": _mean(float(s["correct"]) for s in given), "contradicted": bad,
+            "contradicted_share": bad / len(given)}
+
+
 def sbert_mean(samples: list[dict]) -> float | None:
     return _mean(s["sbert"] for s in samples if s.get("sbert") is not None)
 
@@ -252,6 +266,7 @@ def summarize(samples: list[dict], with_types: bool = False, protocol: str = "sa
         "per_wording": by_wording(samples),
         "baselines": baselines(samples),
         "answers_question": relevance(samples),
+        "guided": guided(samples),
     }
     cal = calibrated(samples)
     if cal is not None:  # a calibrated checkpoint's verdicts at its stored threshold

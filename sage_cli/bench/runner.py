@@ -321,6 +321,7 @@ def _prepare(opts: BenchOptions, loaded: Loaded) -> _Run:
 def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> tuple[list[dict], object]:
     """One item's samples: one encoding, its questions as one batch, probes, scores; (samples, prefix)."""
     from sage_cli.bench import grading
+    from sage_cli.bench.verdict import contradicts
 
     opts, eng = run.opts, run.get_engine()
     t0 = time.perf_counter()
@@ -352,6 +353,7 @@ def _answer_item(run: _Run, item: BenchItem, todo: list, test_img, ref_img) -> t
     for r, a in zip(recs, answers):
         if a.guided:
             r["guided"] = True
+            r["contradicted"] = contradicts(a.text, r["question"])
     _calibrated(run.calibration, recs, eng, prefix, amap, detection)
     if amap is not None and recs[0]["q"] == item.questions[0].q:
         recs[0]["anomaly_map"] = amap.rounded()
@@ -475,6 +477,11 @@ def _notes(run: _Run, unreadable: list[str], summary: dict | None = None) -> lis
                          f"{base.get('val')}): AUROC {f(cal.get('auroc'))} vs raw P(yes) {f(summary.get('auroc'))}; "
                          f"accuracy at the stored threshold {base.get('threshold')}: {f(cal.get('accuracy'))} "
                          f"(balanced {f(cal.get('balanced_accuracy'))}, n={cal.get('n')})")
+    g = (summary or {}).get("guided")
+    if g:
+        notes.append(f"guided: the first word of {g['answers']} answer(s) came from the calibrated detection "
+                     f"({100 * g['accuracy']:.1f}% right); in {g['contradicted']} ({100 * g['contradicted_share']:.1f}%) "
+                     "the model's words after it say the opposite")
     return notes
 
 

@@ -58,6 +58,7 @@ _AUX_ECHO = re.compile(r"^(?:(?:sure|it|they|this|that|there|he|she|yes it|no it
                        r"can|will|would|could|should|was|were)(\s+not)?\s*[.!]*$")
 # "A. Yes / B. No" options inside the question, answered by a letter.
 _OPTION_LINE = re.compile(r"(?m)^\s*\(?([a-e])[.)]\s*(yes|no|true|false)\b")
+_FIRST_WORD = re.compile(r"\W*(yes|no)\b\W*", re.IGNORECASE)  # contradicts(): the leading yes/no
 _ANSWER_IS = re.compile(r"\b(?:answer|verdict)\s*(?:is|would be|:)\s*[\"'*(]*(yes|no|true|false)\b")
 _HEDGE = re.compile(
     r"\b(?:can not|unable to|impossible to|hard to|difficult to|not possible to)\s+(?:\w+\s+)?(?:tell|determine|say|"
@@ -431,6 +432,17 @@ def verdict(text: str | None, question: str | None = None) -> tuple[bool | None,
         return None, None
     v = _lone_word(t)
     return (v, "word") if v is not None else (None, None)
+
+
+def contradicts(text: str | None, question: str | None) -> bool:
+    """Whether the words after an answer's leading yes/no say the opposite: "No. There is a small crack in
+    the centre" to "Is the defect in the centre?". A guided answer (models/guide.py) is given that word by
+    the detection and written on by the model from its own reading of the pair, so the two can disagree."""
+    m = _FIRST_WORD.match(text or "")
+    if not m:
+        return False
+    said = verdict(text[m.end():], question)[0]
+    return said is not None and said != (m.group(1).lower() == "yes")
 
 
 def parse_yes_no(text: str | None) -> bool | None:

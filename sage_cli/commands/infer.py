@@ -39,7 +39,8 @@ def infer(
     first reference. A checkpoint calibrated with `sage calibrate` also reports P(defect) and its verdict
     at the stored threshold, beside the raw P(yes), and (unless --no-guided) that verdict starts the
     answers to questions on whether the part is defective or normal and where the defect is: they are
-    marked "guided", and P(yes) stays the model's own.
+    marked "guided", and P(yes) stays the model's own. A guided answer whose following words say the
+    opposite of its first word is marked "contradicted".
     """
     from sage_cli.infer import Inputs, facts_for, load_engine, run_infer
 
@@ -57,6 +58,8 @@ def infer(
 
 def _printer(out) -> dict:
     """run_infer's callbacks printing "Q: ... A: ..." and the answer's figures (streamed on a terminal)."""
+    from sage_cli.infer import contradicted
+
     stream = out.isatty()
 
     def question(q):
@@ -67,6 +70,8 @@ def _printer(out) -> dict:
         out.write(("" if stream else a.text) + "\n")
         p = f"P(yes) {a.p_yes:.2f} · " if a.p_yes is not None else ""
         g = "yes/no from the detection · " if a.guided else ""
+        if contradicted(a):
+            g += "the words after it say otherwise: trust the yes/no and the map · "
         out.write(f"   {g}{p}{a.new_tokens} tokens · {a.tokens_per_s:.1f} tokens/s\n\n")
 
     text = (lambda s: (out.write(s), out.flush())) if stream else None

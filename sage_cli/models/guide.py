@@ -13,10 +13,11 @@ with `sage calibrate --shots 0` for a test image alone), the first word of the a
   "no" for a normal part, else whether the anomaly map is hot (`hot_cells`) in a cell of the 3x3 grid
   that the place names (one-shot only: zero-shot there is no map);
 
-and the model writes the rest after that word. Type, size, consequence and cause questions, and any
-question the reader cannot sort, keep the model's own first word. Questions are sorted by the reader
-`sage bench` reads statements with (bench/asks.py). Its rules were written with the held-out wording
-families of prefs/wordings.py in view, so benches on those wordings flatter a guided model.
+and the model writes the rest after that word (which can say the opposite: bench/verdict.contradicts flags
+those answers). Type, size, consequence and cause questions, and any question the reader cannot sort, keep
+the model's own first word. Questions are sorted by the reader `sage bench` reads statements with
+(bench/asks.py). Its rules were written with the held-out wording families of prefs/wordings.py in view,
+so benches on those wordings flatter a guided model.
 """
 
 from __future__ import annotations

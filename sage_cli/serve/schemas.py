@@ -82,6 +82,8 @@ class SageResult(BaseModel):
     threshold: Optional[float] = Field(None, description="the stored threshold the verdict uses")
     guided: bool = Field(False, description="the answer's first word (yes/no) came from the calibrated detection "
                          "and the anomaly map, not from the model (`sage serve --guided`)")
+    contradicted: bool = Field(False, description="a guided answer whose words after its first yes/no say the "
+                               "opposite (read as `sage bench` reads answers): trust the yes/no and the map")
 
 
 class AssistantMessage(BaseModel):
