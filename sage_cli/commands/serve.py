@@ -38,8 +38,9 @@ def serve(
     Send images inline as image_url data URLs in the last user message: the first is the TEST image,
     the second (optional) the normal REFERENCE, as in `sage infer TEST REF`; the message's text is the
     question. Fact sentences go in the body's extension field "sage": {"facts": [...]}. Answers with
-    images carry "sage": {"p_yes", "anomaly", "guided"} (and p_defect, verdict, threshold with a calibrated
-    checkpoint; --guided: the first word of a yes/no answer it can give comes from that verdict). Without
+    images carry "sage": {"p_yes", "anomaly", "guided", "contradicted"} (and p_defect, verdict, threshold with
+    a calibrated checkpoint; --guided: the first word of a yes/no answer it can give comes from that verdict,
+    and "contradicted" says the model's words after it say the opposite). Without
     images (or with --llm-only) the conversation is plain text chat with the backbone's LLM. Streaming, bearer auth and size limits are supported;
     temperature defaults to 0 (greedy). One model worker answers from a bounded queue (--max-queue),
     decoding what is waiting together (--max-batch);
