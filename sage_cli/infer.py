@@ -119,6 +119,7 @@ class Inference:
     def report(self) -> dict:
         """The --json object."""
         from sage_cli import __version__
+        from sage_cli.models import guide
 
         a, i = self.anomaly, self.inputs
         return {
@@ -130,7 +131,7 @@ class Inference:
             "references": [str(r) for r in i.references],
             "facts": self.facts,
             "answers": [{"question": x.question, "answer": x.text, "p_yes": x.p_yes, "guided": x.guided,
-                         "contradicted": contradicted(x), **self._calibrated(x),
+                         "contradicted": guide.contradicted(x), **self._calibrated(x),
                          "new_tokens": x.new_tokens, "prompt_tokens": x.prompt_tokens, "ttft_s": x.ttft_s,
                          "tokens_per_s": x.tokens_per_s}
                         for x in self.answers],
@@ -179,13 +180,6 @@ class Inference:
         (r, c), (gh, gw) = a.peak, a.grid
         where = location_words((c, r, c + 1, r + 1), gw, gh)
         return f"anomaly map: peak {a.max:.3f} at the {where} (patch row {r}, col {c} of {gh}x{gw}); mean {a.mean:.3f}"
-
-
-def contradicted(answer) -> bool:
-    """A guided answer whose words after its given yes/no say the opposite (bench/verdict.contradicts)."""
-    from sage_cli.bench.verdict import contradicts
-
-    return bool(answer.guided) and contradicts(answer.text, answer.question)
 
 
 def load_engine(backbone: str | None, checkpoint: Path | None, dtype: str = "auto", device: str = "auto",

@@ -58,7 +58,7 @@ def infer(
 
 def _printer(out) -> dict:
     """run_infer's callbacks printing "Q: ... A: ..." and the answer's figures (streamed on a terminal)."""
-    from sage_cli.infer import contradicted
+    from sage_cli.models.guide import contradicted
 
     stream = out.isatty()
 

@@ -63,6 +63,14 @@ def verdict_for(question: str, detection: dict | None, amap) -> bool | None:
     return not bad if asked.kind == "normal" else bad
 
 
+def contradicted(answer) -> bool:
+    """Whether an engine.Answer was guided and its words after the given yes/no say the opposite
+    (bench/verdict.contradicts, with the question it was asked)."""
+    from sage_cli.bench.verdict import contradicts
+
+    return bool(answer.guided) and contradicts(answer.text, answer.question)
+
+
 def hot_cells(amap, share: float = HOT) -> set[tuple[int, int]]:
     """The (row, col) cells of the 3x3 grid (that of data.masks.location_words) holding a patch whose map
     value stands at least `share` of the peak's height above the map's mean: where the defect reaches,

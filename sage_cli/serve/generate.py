@@ -173,7 +173,7 @@ class Runner:
         return {"temperature": req.temperature, "top_p": req.top_p, "generator": gen}
 
     def _result(self, p: Prepared, a) -> Result:
-        from sage_cli.bench.verdict import contradicts
+        from sage_cli.models.guide import contradicted
 
         # The engine stops at a stop token or after the budget; only the latter is "length".
         finish = "length" if a.new_tokens >= p.budget else "stop"
@@ -183,7 +183,7 @@ class Runner:
             # the map itself too ([h][w], 3 decimals: a few hundred numbers), so a client can draw the heatmap
             anomaly = {**amap.summary(), "map": amap.rounded(3)} if amap is not None else None
             sage = {"p_yes": a.p_yes, "anomaly": anomaly, "guided": a.guided,
-                    "contradicted": a.guided and contradicts(a.text, p.prompt.question),
+                    "contradicted": contradicted(a),
                     **self._verdict(p, a, amap)}
         return Result(a.text, finish, a.prompt_tokens, a.new_tokens, sage)
 
