@@ -135,3 +135,45 @@ def test_held_out_wording_sets_the_shipped_row_and_the_always_no_row(tmp_path):
     assert '| always "No" (same questions) | - | - | - | - | 60.0 | 0.0 | - | - | - |' in done.stdout
     assert "zero-shot" not in done.stdout and "held-out synthetic" not in done.stdout  # no runs: no table
     assert done.stdout.count('always "No"') == 1  # the older set's runs report no baseline
+
+
+FAKE_SAGE = """#!/usr/bin/env bash
+# logs its arguments; `calibrate ... --out DIR` writes a calibrated config as the real one would
+echo "$*" >> "$SAGE_LOG"
+args=("$@")
+for i in "${!args[@]}"; do
+    if [ "$1" = calibrate ] && [ "${args[$i]}" = --out ]; then
+        mkdir -p "${args[$((i + 1))]}"; echo '{"calibration": {}}' > "${args[$((i + 1))]}/config.json"
+    fi
+done
+"""
+
+
+def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
+    """`sage-smol.sh bench SEED edpo-guided`: that seed's E-DPO run is calibrated into a copy, on the same
+    synthetic pairs as the shipped checkpoint, once, then benched guided on the one-shot sets only."""
+    release = tmp_path / "release"
+    (release / "seed-1" / "edpo" / "checkpoint").mkdir(parents=True)
+    (release / "seed-1" / "edpo" / "checkpoint" / "config.json").write_text("{}", encoding="utf-8")
+    (release / "calibrate-src").mkdir()  # the VAL's sources are made: the script only synthesises from them
+    sage = tmp_path / "sage"
+    sage.write_text(FAKE_SAGE, encoding="utf-8")
+    sage.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "R": str(release), "RESULTS": str(tmp_path / "results"), "SAGE": str(sage),
+           "SAGE_LOG": str(log), "PYTHON": sys.executable}
+    for _ in range(2):  # the second run finds the calibrated copy and calibrates nothing
+        done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "bench", "1", "edpo-guided"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    cal = [c for c in calls if c.startswith("calibrate ")]
+    assert cal == [f"calibrate {release}/seed-1/edpo/checkpoint --out {release}/seed-1/edpo-cal "
+                   f"--on {release}/calibrate-val --limit 12 --features auto"]
+    benches = [c for c in calls if c.startswith("bench ")]
+    assert len(benches) == 8  # four one-shot sets, twice
+    for c in benches:
+        assert "--shots 1 " in c and c.endswith(f"--checkpoint {release}/seed-1/edpo-cal --guided")
+    outs = {c.split("--out ")[1].split()[0] for c in benches}
+    assert outs == {f"{release}/bench/seed-1/edpo-guided/{s}-1"
+                    for s in ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")}

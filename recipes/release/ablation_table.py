@@ -33,7 +33,8 @@ ROWS = [("untrained", "untrained SAGE layers (no training)"),
         ("sage-smol-2", "sage-smol 2 as shipped (seed 0's E-DPO, packed, calibrated), the model's own yes/no"),
         ("sage-smol-2-guided", "sage-smol 2 as shipped, yes/no guided by its calibrated detection (the default)"),
         ("sft", "SFT, no facts"),
-        ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)")]
+        ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)"),
+        ("edpo-guided", "+E-DPO, calibrated, yes/no guided (sage-smol 2's recipe at each seed)")]
 UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2", "sage-smol-2-guided")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
 SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories"),
         ("hazelnut-wordings", "real hazelnut defects, held-out wordings (`--wordings held-out`)"),

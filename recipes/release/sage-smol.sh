@@ -5,10 +5,13 @@
 #
 #   bash recipes/release/sage-smol.sh data          # normal images, synthetic defects, facts, QA, pairs
 #   bash recipes/release/sage-smol.sh train SEED [ROW...]   # the ablation rows (default: all five)
-#   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks; ROW untrained = no training,
+#   bash recipes/release/sage-smol.sh bench SEED [ROW...]   # their benchmarks (default: the five rows and
+#                                                   # edpo-guided, below); ROW untrained = no training,
 #                                                   # sage-smol-1 / sage-smol-2 = the checkpoint shipped now,
 #                                                   # its own yes/no; sage-smol-2-guided: guided (the default
-#                                                   # of sage infer; models/guide.py) (SHOTS=1: one-shot sets only)
+#                                                   # of sage infer; models/guide.py); edpo-guided: the E-DPO row
+#                                                   # calibrated and guided as sage-smol 2 is, one-shot (any seed)
+#                                                   # (SHOTS=1: one-shot sets only)
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
 #   bash recipes/release/sage-smol.sh ship          # seed 0's E-DPO checkpoint into the package (+ facts.txt),
@@ -175,6 +178,14 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
             bench_one "$R/bench/$row" --checkpoint sage-smol --no-guided
         elif [ "$row" = sage-smol-2-guided ]; then
             bench_one "$R/bench/$row" --checkpoint sage-smol --guided
+        elif [ "$row" = edpo-guided ]; then  # sage-smol 2's recipe at this seed: E-DPO, calibrated as `calibrate`
+            local edpo="$R/seed-$SEED/edpo/checkpoint" cal="$R/seed-$SEED/edpo-cal"  # does, guided; one-shot only
+            if [ -f "$edpo/config.json" ]; then
+                calibrate_val
+                grep -q '"calibration"' "$cal/config.json" 2> /dev/null || $SAGE calibrate "$edpo" --out "$cal" \
+                    --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
+                SHOTS=1 bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$cal" --guided
+            fi
         else
             local run=$row; case $row in fe | sft | hard) run=$row-v ;; esac  # an SFE row's model is its -v run
             if [ -f "$R/seed-$SEED/$run/checkpoint/config.json" ]; then
@@ -203,13 +214,13 @@ The inspector reports whether there is a defect, what kind it is and where it is
 FACTS
 }
 
-calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic validation pairs only
+calibrate_val() {  # the synthetic validation pairs every calibration here is fitted on ($R/calibrate-val)
     # Normal images never used in training: procedural ones of another seed (7; training used 0) and the
     # hazelnut train/good photos, never its test/ nor train/good/00.jpg (the bundled pair's reference). The
     # defects are drawn by `sage data synth` with another seed; nothing real is fitted on. The procedural
     # categories are the training ones only: a threshold fitted on held-out categories (even other images
     # of them) would flatter the held-out bench
-    local to=sage_cli/assets/sage-smol src="$R/calibrate-src"
+    local src="$R/calibrate-src"
     $SAGE data normals --out "$R/calibrate-normals" --categories "$CALIBRATE_CATS" --count 5 --test-count 4 --image-size 224 --seed 7
     if [ ! -d "$src" ]; then
         mkdir -p "$src.tmp/hazelnut/train/good" "$src.tmp/hazelnut/test/good"
@@ -222,6 +233,11 @@ calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic valida
         mv "$src.tmp" "$src"
     fi
     $SAGE data synth --from "$src" --out "$R/calibrate-val" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 11
+}
+
+calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic validation pairs only
+    local to=sage_cli/assets/sage-smol
+    calibrate_val
     # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
     $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
     # and for a test image alone (no reference, no map): P(yes) only, stored as calibration_zero_shot
@@ -231,7 +247,7 @@ calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic valida
 case "${1:-}" in
     data) data ;;
     train) SEED=${2:?seed}; shift 2; train ${@:-$ROWS_ALL} ;;
-    bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL} ;;
+    bench) SEED=${2:?seed}; shift 2; bench ${@:-$ROWS_ALL edpo-guided} ;;
     table) shift
         add=(); [ -d "$R/bench" ] && add=(--add "$R/bench")
         py recipes/release/ablation_table.py "$RESULTS" "${add[@]}" "$@" ;;
