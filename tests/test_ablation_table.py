@@ -168,8 +168,9 @@ def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
         assert done.returncode == 0, done.stderr
     calls = log.read_text(encoding="utf-8").splitlines()
     cal = [c for c in calls if c.startswith("calibrate ")]
-    assert cal == [f"calibrate {release}/seed-1/edpo/checkpoint --out {release}/seed-1/edpo-cal "
-                   f"--on {release}/calibrate-val --limit 12 --features auto"]
+    assert cal == [f"calibrate {release}/seed-1/edpo/checkpoint --on {release}/calibrate-val --limit 12 "
+                   f"--out {release}/seed-1/edpo-cal --features auto"]
+    assert len([c for c in calls if c.startswith("data synth ")]) == 1  # the VAL pairs: made for the fit only
     benches = [c for c in calls if c.startswith("bench ")]
     assert len(benches) == 8  # four one-shot sets, twice
     for c in benches:

@@ -181,9 +181,10 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
         elif [ "$row" = edpo-guided ]; then  # sage-smol 2's recipe at this seed: E-DPO, calibrated as `calibrate`
             local edpo="$R/seed-$SEED/edpo/checkpoint" cal="$R/seed-$SEED/edpo-cal"  # does, guided; one-shot only
             if [ -f "$edpo/config.json" ]; then
-                calibrate_val
-                grep -q '"calibration"' "$cal/config.json" 2> /dev/null || $SAGE calibrate "$edpo" --out "$cal" \
-                    --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
+                if ! grep -q '"calibration"' "$cal/config.json" 2> /dev/null; then
+                    calibrate_val
+                    fit_calibration "$edpo" --out "$cal" --features "$CALIBRATE_FEATURES"
+                fi
                 SHOTS=1 bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$cal" --guided
             fi
         else
@@ -235,13 +236,18 @@ calibrate_val() {  # the synthetic validation pairs every calibration here is fi
     $SAGE data synth --from "$src" --out "$R/calibrate-val" --image-size 224 --per-image 1 --size 0.004-0.03 --seed 11
 }
 
+fit_calibration() {  # checkpoint, more `sage calibrate` options: every fit here is on the same VAL pairs,
+    # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
+    local ckpt=$1; shift
+    $SAGE calibrate "$ckpt" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" "$@"
+}
+
 calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic validation pairs only
     local to=sage_cli/assets/sage-smol
     calibrate_val
-    # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
-    $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --features "$CALIBRATE_FEATURES"
+    fit_calibration "$to" --features "$CALIBRATE_FEATURES"
     # and for a test image alone (no reference, no map): P(yes) only, stored as calibration_zero_shot
-    $SAGE calibrate "$to" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" --shots 0
+    fit_calibration "$to" --shots 0
 }
 
 case "${1:-}" in
