@@ -178,3 +178,39 @@ def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
     outs = {c.split("--out ")[1].split()[0] for c in benches}
     assert outs == {f"{release}/bench/seed-1/edpo-guided/{s}-1"
                     for s in ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")}
+
+
+def test_release_script_benches_the_shipped_checkpoint_with_three_references(tmp_path):
+    """`sage-smol.sh bench 0 sage-smol-2-refs3`: the shipped checkpoint is calibrated into a copy on
+    three-reference pairs of the same VAL, once, then benched guided with three references on every set;
+    the table shows those runs under a setting of their own."""
+    release = tmp_path / "release"
+    (release / "calibrate-src").mkdir(parents=True)
+    sage = tmp_path / "sage"
+    sage.write_text(FAKE_SAGE, encoding="utf-8")
+    sage.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "R": str(release), "RESULTS": str(tmp_path / "results"), "SAGE": str(sage),
+           "SAGE_LOG": str(log), "PYTHON": sys.executable}
+    for _ in range(2):  # the second run finds the calibrated copy
+        done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "bench", "0",
+                               "sage-smol-2-refs3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert [c for c in calls if c.startswith("calibrate ")] == [
+        f"calibrate sage-smol --on {release}/calibrate-val --limit 12 --out {release}/sage-smol-2-refs3 "
+        "--features auto --shots 3"]
+    benches = [c for c in calls if c.startswith("bench ")]
+    assert len(benches) == 8  # four sets, twice
+    for c in benches:
+        assert "--shots 3 " in c and c.endswith(f"--checkpoint {release}/sage-smol-2-refs3 --guided")
+    assert {c.split("--out ")[1].split()[0] for c in benches} == {
+        f"{release}/bench/sage-smol-2-refs3/{s}-3" for s in ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")}
+
+    results = tmp_path / "kept"
+    write_result(results / "sage-smol-2-refs3" / "heldout-3", 0.75, 0.85)
+    done = run(str(results))
+    assert done.returncode == 0, done.stderr
+    assert "#### held-out synthetic categories, three references (`--shots 3`)" in done.stdout
+    assert "| sage-smol 2, three references per test image, calibrated on three-reference pairs, guided | 1 | 75.0 |" \
+        in done.stdout

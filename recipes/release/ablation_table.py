@@ -6,15 +6,15 @@
 (results-2: the current recipe's runs, whose table is sage-smol 2's card; results: sage-smol 1's recipe,
 whose three-seed table is kept in recipes/release/sage-smol-1-card.md.)
 
-Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/untrained/SET-SHOTS and
-RESULTS/sage-smol-1/SET-SHOTS, rows benched once) and prints one Markdown table per evaluation set and
+Reads RESULTS/seed-N/ROW/SET-SHOTS/results.json (and RESULTS/ROW/SET-SHOTS for the rows benched once:
+untrained and the shipped checkpoints) and prints one Markdown table per evaluation set and
 setting that has runs: each row's metrics as mean ± standard deviation over the seeds that have it, with
 the number of seeds. Nothing is dropped: a row with fewer seeds says so.
 RESULTS is kept in the repository, so the card's table can be rebuilt on any
 machine; --add first copies every finished run of a bench folder (same layout) into it, replacing the
 file of the same seed, row and set.
 AUROC is the P(yes) of the script's fixed detection question (`--detect-question "$DETECT"`); Map AUROC
-is the anomaly map's peak (the training-free baseline, one-shot only).
+is the anomaly map's peak (the training-free baseline; it needs a reference).
 --card replaces the tables between the card's two markers (CARD_START ... CARD_END lines).
 """
 
@@ -32,10 +32,11 @@ ROWS = [("untrained", "untrained SAGE layers (no training)"),
         ("sage-smol-1", "sage-smol 1 as shipped (seed 0's E-DPO, packed)"),
         ("sage-smol-2", "sage-smol 2 as shipped (seed 0's E-DPO, packed, calibrated), the model's own yes/no"),
         ("sage-smol-2-guided", "sage-smol 2 as shipped, yes/no guided by its calibrated detection (the default)"),
+        ("sage-smol-2-refs3", "sage-smol 2, three references per test image, calibrated on three-reference pairs, guided"),
         ("sft", "SFT, no facts"),
         ("hard", "+Fact[Hard]"), ("fe", "+Fact[FE] (SFE)"), ("dpo", "+DPO (on SFE)"), ("edpo", "+E-DPO (full SAGE)"),
         ("edpo-guided", "+E-DPO, calibrated, yes/no guided (sage-smol 2's recipe at each seed)")]
-UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2", "sage-smol-2-guided")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
+UNSEEDED = ("untrained", "sage-smol-1", "sage-smol-2", "sage-smol-2-guided", "sage-smol-2-refs3")  # rows benched once, not per seed: RESULTS/ROW/SET-SHOTS
 SETS = [("hazelnut", "real hazelnut defects (never trained on)"), ("heldout", "held-out synthetic categories"),
         ("hazelnut-wordings", "real hazelnut defects, held-out wordings (`--wordings held-out`)"),
         ("heldout-wordings", "held-out synthetic categories, held-out wordings")]
@@ -43,7 +44,7 @@ METRICS = [("Standard", lambda m: m["accuracy"]["standard"], 100), ("Ident.", la
            ("Diagnosis", lambda m: m["accuracy"]["diagnosis"], 100), ("Average", lambda m: m["accuracy"]["average"], 100),
            ("Acc-G", lambda m: m["acc_g"], 100), ("SBERT", lambda m: m["sbert"], 1), ("AUROC", lambda m: m["auroc"], 1),
            ("Map AUROC", lambda m: m.get("auroc_map"), 1),
-           # the verdict of a calibrated checkpoint (sage calibrate) at its stored threshold, one-shot only
+           # the verdict of a calibrated checkpoint (sage calibrate) at its stored threshold
            ("Acc. at threshold", lambda m: (m.get("calibrated") or {}).get("accuracy"), 100)]
 CARD_START, CARD_END = "<!-- ablation table", "<!-- end of ablation table -->"
 
@@ -140,7 +141,7 @@ def main() -> None:
         sys.exit(f"error: no results folder at {args.results}")
     parts = []
     for key, what in SETS:
-        for shots, setting in (("0", "zero-shot"), ("1", "one-shot")):
+        for shots, setting in (("0", "zero-shot"), ("1", "one-shot"), ("3", "three references (`--shots 3`)")):
             made = table(args.results, f"{key}-{shots}")
             if made is not None:  # a set no row was benched on is left out
                 parts.append(f"#### {what}, {setting}\n\n{made}\n")

@@ -10,7 +10,9 @@
 #                                                   # sage-smol-1 / sage-smol-2 = the checkpoint shipped now,
 #                                                   # its own yes/no; sage-smol-2-guided: guided (the default
 #                                                   # of sage infer; models/guide.py); edpo-guided: the E-DPO row
-#                                                   # calibrated and guided as sage-smol 2 is, one-shot (any seed)
+#                                                   # calibrated and guided as sage-smol 2 is, one-shot (any seed);
+#                                                   # sage-smol-2-refs3: the shipped checkpoint given three
+#                                                   # references per test image, calibrated for that (a copy), guided
 #                                                   # (SHOTS=1: one-shot sets only)
 #   bash recipes/release/sage-smol.sh table [--card sage_cli/assets/sage-smol/MODEL_CARD.md]
 #                                                   # mean ± spread over the seeds done (--card: into the card)
@@ -178,6 +180,15 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
             bench_one "$R/bench/$row" --checkpoint sage-smol --no-guided
         elif [ "$row" = sage-smol-2-guided ]; then
             bench_one "$R/bench/$row" --checkpoint sage-smol --guided
+        elif [ "$row" = sage-smol-2-refs3 ]; then  # several references (sage infer TEST REF1 REF2 REF3): the
+            # map's nearest patch comes from all three. Its peaks run lower than with one, so the copy is
+            # calibrated on three-reference pairs of the same VAL (sage calibrate --shots 3)
+            local cal="$R/sage-smol-2-refs3"
+            if ! grep -q '"calibration"' "$cal/config.json" 2> /dev/null; then
+                calibrate_val
+                fit_calibration sage-smol --out "$cal" --features "$CALIBRATE_FEATURES" --shots 3
+            fi
+            SHOTS=3 bench_one "$R/bench/$row" --checkpoint "$cal" --guided
         elif [ "$row" = edpo-guided ]; then  # sage-smol 2's recipe at this seed: E-DPO, calibrated as `calibrate`
             local edpo="$R/seed-$SEED/edpo/checkpoint" cal="$R/seed-$SEED/edpo-cal"  # does, guided; one-shot only
             if [ -f "$edpo/config.json" ]; then
@@ -259,5 +270,5 @@ case "${1:-}" in
         py recipes/release/ablation_table.py "$RESULTS" "${add[@]}" "$@" ;;
     ship) ship; calibrate ;;
     calibrate) calibrate ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    *) sed -n '2,23p' "$0"; exit 2 ;;
 esac
