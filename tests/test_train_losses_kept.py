@@ -2,8 +2,9 @@
 
 A change to the trainer that is meant to keep its behaviour (a refactor) must keep these numbers: same
 seed, same data order, same initial weights, same arithmetic. Training on one CPU process is
-bit-deterministic here, so the tolerance is tight (rel 1e-5, abs 1e-7: room for a float32 sum taken in
-another order, not for a changed step). If a change is *meant* to alter training, record the new
+bit-deterministic on one machine, so the tolerance is tight (rel 1e-5, abs 1e-7: room for a float32 sum
+taken in another order, or another CPU's kernels, not for a changed step). E-DPO's later steps are the
+exception (EDPO_ABS). If a change is *meant* to alter training, record the new
 numbers (run with SAGE_PRINT_KEPT_LOSSES=1 and -s) and say why in the commit.
 
 The data are written here, not built by `sage prefs build` / `sage score mle`: the numbers must not move
@@ -26,6 +27,11 @@ from tiny_models import save_tiny_internvl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REL, ABS = 1e-5, 1e-7
+# E-DPO's loss and margin are differences of log-probability sums, and after its first steps Adam's
+# updates amplify the last-bit differences that another CPU's kernels give (AVX2, AVX-512, AMX): the same
+# 10 steps on two machines differed by up to 4e-4 in a loss and 8e-4 in a margin (SFE by 5e-6). Its
+# first two steps are held to REL / ABS, the rest to EDPO_ABS, still far below what a changed step moves.
+EDPO_ABS = 3e-3
 
 # recorded from the trainer before the #21 redesign (commit 5add360), CPU, torch 2.13, float32
 SFE_LOSSES = [5.644028186798096, 5.644094944000244, 5.434167385101318, 5.30360746383667, 5.291686534881592,
@@ -113,9 +119,12 @@ def test_edpo_losses_are_kept(edpo_run):
     _show("EDPO_MARGINS", [r["rewards/margins"] for r in m])
     _show("EDPO_VAL_LOSS", [_val_loss(edpo_run)])
     assert [r["step"] for r in m] == list(range(1, 11))
-    assert [r["loss"] for r in m] == pytest.approx(EDPO_LOSSES, rel=REL, abs=ABS)
-    assert [r["rewards/margins"] for r in m] == pytest.approx(EDPO_MARGINS, rel=REL, abs=1e-6)
-    assert _val_loss(edpo_run) == pytest.approx(EDPO_VAL_LOSS, rel=REL, abs=ABS)
+    losses, margins = [r["loss"] for r in m], [r["rewards/margins"] for r in m]
+    assert losses[:2] == pytest.approx(EDPO_LOSSES[:2], rel=REL, abs=ABS)
+    assert margins[:2] == pytest.approx(EDPO_MARGINS[:2], rel=REL, abs=1e-6)
+    assert losses == pytest.approx(EDPO_LOSSES, rel=REL, abs=EDPO_ABS)
+    assert margins == pytest.approx(EDPO_MARGINS, rel=REL, abs=EDPO_ABS)
+    assert _val_loss(edpo_run) == pytest.approx(EDPO_VAL_LOSS, rel=REL, abs=EDPO_ABS)
 
 
 def test_training_in_process_leaves_the_callers_rng_as_it_was(data, sfe_run):
