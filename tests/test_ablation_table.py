@@ -148,6 +148,25 @@ for i in "${!args[@]}"; do
 done
 """
 
+BENCH_SETS = ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")  # what bench_one benches per shots
+
+
+def bench_twice_with_a_fake_sage(tmp_path: Path, release: Path, seed: str, row: str) -> list[str]:
+    """`sage-smol.sh bench SEED ROW` run twice with FAKE_SAGE (the second run finds the calibrated copy and
+    calibrates nothing); the `sage` calls both made, one line each."""
+    (release / "calibrate-src").mkdir(parents=True)  # the VAL's sources are made: the script only synthesises from them
+    sage = tmp_path / "sage"
+    sage.write_text(FAKE_SAGE, encoding="utf-8")
+    sage.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "R": str(release), "RESULTS": str(tmp_path / "results"), "SAGE": str(sage),
+           "SAGE_LOG": str(log), "PYTHON": sys.executable}
+    for _ in range(2):
+        done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "bench", seed, row],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    return log.read_text(encoding="utf-8").splitlines()
+
 
 def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
     """`sage-smol.sh bench SEED edpo-guided`: that seed's E-DPO run is calibrated into a copy, on the same
@@ -155,18 +174,7 @@ def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
     release = tmp_path / "release"
     (release / "seed-1" / "edpo" / "checkpoint").mkdir(parents=True)
     (release / "seed-1" / "edpo" / "checkpoint" / "config.json").write_text("{}", encoding="utf-8")
-    (release / "calibrate-src").mkdir()  # the VAL's sources are made: the script only synthesises from them
-    sage = tmp_path / "sage"
-    sage.write_text(FAKE_SAGE, encoding="utf-8")
-    sage.chmod(0o755)
-    log = tmp_path / "calls.log"
-    env = {**os.environ, "R": str(release), "RESULTS": str(tmp_path / "results"), "SAGE": str(sage),
-           "SAGE_LOG": str(log), "PYTHON": sys.executable}
-    for _ in range(2):  # the second run finds the calibrated copy and calibrates nothing
-        done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "bench", "1", "edpo-guided"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-    calls = log.read_text(encoding="utf-8").splitlines()
+    calls = bench_twice_with_a_fake_sage(tmp_path, release, "1", "edpo-guided")
     cal = [c for c in calls if c.startswith("calibrate ")]
     assert cal == [f"calibrate {release}/seed-1/edpo/checkpoint --on {release}/calibrate-val --limit 12 "
                    f"--out {release}/seed-1/edpo-cal --features auto"]
@@ -176,8 +184,7 @@ def test_release_script_benches_a_seeds_recipe_calibrated_and_guided(tmp_path):
     for c in benches:
         assert "--shots 1 " in c and c.endswith(f"--checkpoint {release}/seed-1/edpo-cal --guided")
     outs = {c.split("--out ")[1].split()[0] for c in benches}
-    assert outs == {f"{release}/bench/seed-1/edpo-guided/{s}-1"
-                    for s in ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")}
+    assert outs == {f"{release}/bench/seed-1/edpo-guided/{s}-1" for s in BENCH_SETS}
 
 
 def test_release_script_benches_the_shipped_checkpoint_with_three_references(tmp_path):
@@ -185,27 +192,16 @@ def test_release_script_benches_the_shipped_checkpoint_with_three_references(tmp
     three-reference pairs of the same VAL, once, then benched guided with three references on every set;
     the table shows those runs under a setting of their own."""
     release = tmp_path / "release"
-    (release / "calibrate-src").mkdir(parents=True)
-    sage = tmp_path / "sage"
-    sage.write_text(FAKE_SAGE, encoding="utf-8")
-    sage.chmod(0o755)
-    log = tmp_path / "calls.log"
-    env = {**os.environ, "R": str(release), "RESULTS": str(tmp_path / "results"), "SAGE": str(sage),
-           "SAGE_LOG": str(log), "PYTHON": sys.executable}
-    for _ in range(2):  # the second run finds the calibrated copy
-        done = subprocess.run(["bash", str(ROOT / "recipes" / "release" / "sage-smol.sh"), "bench", "0",
-                               "sage-smol-2-refs3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-    calls = log.read_text(encoding="utf-8").splitlines()
+    calls = bench_twice_with_a_fake_sage(tmp_path, release, "0", "sage-smol-2-refs3")
     assert [c for c in calls if c.startswith("calibrate ")] == [
         f"calibrate sage-smol --on {release}/calibrate-val --limit 12 --out {release}/sage-smol-2-refs3 "
         "--features auto --shots 3"]
+    assert len([c for c in calls if c.startswith("data synth ")]) == 1  # the VAL pairs: made for the fit only
     benches = [c for c in calls if c.startswith("bench ")]
     assert len(benches) == 8  # four sets, twice
     for c in benches:
         assert "--shots 3 " in c and c.endswith(f"--checkpoint {release}/sage-smol-2-refs3 --guided")
-    assert {c.split("--out ")[1].split()[0] for c in benches} == {
-        f"{release}/bench/sage-smol-2-refs3/{s}-3" for s in ("hazelnut", "heldout", "hazelnut-wordings", "heldout-wordings")}
+    assert {c.split("--out ")[1].split()[0] for c in benches} == {f"{release}/bench/sage-smol-2-refs3/{s}-3" for s in BENCH_SETS}
 
     results = tmp_path / "kept"
     write_result(results / "sage-smol-2-refs3" / "heldout-3", 0.75, 0.85)

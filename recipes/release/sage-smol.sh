@@ -183,19 +183,12 @@ bench() {  # rows... (untrained: the SAGE layers before training, seed 0 only; s
         elif [ "$row" = sage-smol-2-refs3 ]; then  # several references (sage infer TEST REF1 REF2 REF3): the
             # map's nearest patch comes from all three. Its peaks run lower than with one, so the copy is
             # calibrated on three-reference pairs of the same VAL (sage calibrate --shots 3)
-            local cal="$R/sage-smol-2-refs3"
-            if ! grep -q '"calibration"' "$cal/config.json" 2> /dev/null; then
-                calibrate_val
-                fit_calibration sage-smol --out "$cal" --features "$CALIBRATE_FEATURES" --shots 3
-            fi
-            SHOTS=3 bench_one "$R/bench/$row" --checkpoint "$cal" --guided
+            calibrated_copy sage-smol "$R/sage-smol-2-refs3" --shots 3
+            SHOTS=3 bench_one "$R/bench/$row" --checkpoint "$R/sage-smol-2-refs3" --guided
         elif [ "$row" = edpo-guided ]; then  # sage-smol 2's recipe at this seed: E-DPO, calibrated as `calibrate`
             local edpo="$R/seed-$SEED/edpo/checkpoint" cal="$R/seed-$SEED/edpo-cal"  # does, guided; one-shot only
             if [ -f "$edpo/config.json" ]; then
-                if ! grep -q '"calibration"' "$cal/config.json" 2> /dev/null; then
-                    calibrate_val
-                    fit_calibration "$edpo" --out "$cal" --features "$CALIBRATE_FEATURES"
-                fi
+                calibrated_copy "$edpo" "$cal"
                 SHOTS=1 bench_one "$R/bench/seed-$SEED/$row" --checkpoint "$cal" --guided
             fi
         else
@@ -251,6 +244,14 @@ fit_calibration() {  # checkpoint, more `sage calibrate` options: every fit here
     # CALIBRATE_LIMIT normal and defective pairs per category (~120 pairs: a few minutes on 2 CPU cores)
     local ckpt=$1; shift
     $SAGE calibrate "$ckpt" --on "$R/calibrate-val" --limit "${CALIBRATE_LIMIT:-12}" "$@"
+}
+
+calibrated_copy() {  # checkpoint, out, more `sage calibrate` options: a copy calibrated as `calibrate` does
+    # (--features $CALIBRATE_FEATURES), made once; the VAL pairs are made only when it still has to be
+    local ckpt=$1 out=$2; shift 2
+    grep -q '"calibration"' "$out/config.json" 2> /dev/null && return 0
+    calibrate_val
+    fit_calibration "$ckpt" --out "$out" --features "$CALIBRATE_FEATURES" "$@"
 }
 
 calibrate() {  # P(defect) of the shipped checkpoint, fitted on synthetic validation pairs only
